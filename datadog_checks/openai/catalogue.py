@@ -1,0 +1,356 @@
+"""The one declarative description of what the check collects.
+
+Every OpenAI endpoint the check reads is one `Endpoint` entry below. The client builds its requests
+from it, the check derives metric names, metric types and tags from it, `metadata.csv` is generated
+from it (`python -m datadog_checks.openai.catalogue`), and the tests' API simulator serves exactly
+these endpoints. Adding an endpoint that OpenAI ships later means adding one entry here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+INTEGRATION = 'openai'
+METRIC_NAMESPACE = 'openai'
+
+# A flow is consumption during a bucket (tokens, requests, dollars): the check submits the increase
+# since its previous submission as a count, so summing in Datadog reproduces OpenAI's figures.
+# A level is a state at a point in time (bytes stored): summing it across buckets is meaningless, so
+# the check submits the newest value as a gauge.
+FLOW = 'flow'
+LEVEL = 'level'
+
+USAGE = 'usage'
+COSTS = 'costs'
+
+# Largest `limit` (buckets per page) OpenAI accepts for each bucket width; one above is a 400.
+USAGE_MAX_LIMIT = {'1m': 1440, '1h': 168, '1d': 31}
+COSTS_MAX_LIMIT = {'1d': 180}
+BUCKET_SECONDS = {'1m': 60, '1h': 3600, '1d': 86400}
+
+USER_DIMS = ('project_id', 'user_id', 'api_key_id')
+MODEL_DIMS = USER_DIMS + ('model',)
+
+
+@dataclass(frozen=True)
+class Field:
+    """A numeric field of a result row."""
+
+    name: str
+    unit: str
+    description: str
+    kind: str = FLOW
+    # Older responses name some fields differently (`sessions` before `num_sessions`).
+    aliases: tuple[str, ...] = ()
+    # Where the number sits in the row when it is nested (`amount.value` in costs).
+    path: tuple[str, ...] = ()
+    metric_suffix: str = ''
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.name,) + self.aliases
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    path: str
+    kind: str
+    result_object: str
+    fields: tuple[Field, ...]
+    group_by: tuple[str, ...]
+    default_group_by: tuple[str, ...]
+    max_limit: Mapping[str, int]
+    # Dimensions read from a nested place of every row whatever the group_by (the cost currency).
+    fixed_dims: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # group_by values the published spec allows but the live API has been seen to refuse with a 400.
+    refused_group_by: tuple[str, ...] = ()
+    description: str = ''
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def metric_prefix(self) -> str:
+        if self.kind == COSTS:
+            return f'{METRIC_NAMESPACE}.api.costs'
+        return f'{METRIC_NAMESPACE}.api.usage.{self.name}'
+
+    def metric_name(self, f: Field) -> str:
+        return f'{self.metric_prefix}.{f.metric_suffix or f.name}'
+
+    @property
+    def flows(self) -> tuple[Field, ...]:
+        return tuple(f for f in self.fields if f.kind == FLOW)
+
+    @property
+    def levels(self) -> tuple[Field, ...]:
+        return tuple(f for f in self.fields if f.kind == LEVEL)
+
+    @property
+    def bucket_widths(self) -> tuple[str, ...]:
+        return tuple(self.max_limit)
+
+
+def _tok(name: str, what: str) -> Field:
+    return Field(name, 'token', what)
+
+
+REQUESTS = Field('num_model_requests', 'request', 'Requests made to the model.')
+
+COMPLETIONS_FIELDS = (
+    _tok('input_tokens', 'Input tokens, cached and cache-write tokens included.'),
+    _tok('output_tokens', 'Output tokens.'),
+    REQUESTS,
+    _tok('input_cached_tokens', 'Input tokens read from the prompt cache (part of input_tokens).'),
+    _tok('input_cache_write_tokens', 'Input tokens written to the prompt cache (part of input_tokens).'),
+    _tok('input_uncached_tokens', 'Input tokens neither read from nor written to the cache (part of input_tokens).'),
+    _tok('input_text_tokens', 'Text input tokens (part of input_tokens).'),
+    _tok('input_audio_tokens', 'Audio input tokens (part of input_tokens).'),
+    _tok('input_image_tokens', 'Image input tokens (part of input_tokens).'),
+    _tok('input_cached_text_tokens', 'Cached text input tokens (part of input_cached_tokens).'),
+    _tok('input_cached_audio_tokens', 'Cached audio input tokens (part of input_cached_tokens).'),
+    _tok('input_cached_image_tokens', 'Cached image input tokens (part of input_cached_tokens).'),
+    _tok('output_text_tokens', 'Text output tokens (part of output_tokens).'),
+    _tok('output_audio_tokens', 'Audio output tokens (part of output_tokens).'),
+    _tok('output_image_tokens', 'Image output tokens (part of output_tokens).'),
+)
+
+
+def _usage(name, result_object, fields, group_by, default_group_by=None, description=''):
+    return Endpoint(
+        name=name,
+        path=f'/organization/usage/{name}',
+        kind=USAGE,
+        result_object=result_object,
+        fields=fields,
+        group_by=group_by,
+        default_group_by=default_group_by if default_group_by is not None else group_by,
+        max_limit=USAGE_MAX_LIMIT,
+        description=description,
+    )
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    _usage(
+        'completions',
+        'organization.usage.completions.result',
+        COMPLETIONS_FIELDS,
+        MODEL_DIMS + ('batch', 'service_tier'),
+        description='Chat, responses and completions',
+    ),
+    _usage(
+        'embeddings',
+        'organization.usage.embeddings.result',
+        (_tok('input_tokens', 'Input tokens embedded.'), REQUESTS),
+        MODEL_DIMS,
+        description='Embeddings',
+    ),
+    _usage(
+        'moderations',
+        'organization.usage.moderations.result',
+        (_tok('input_tokens', 'Input tokens moderated.'), REQUESTS),
+        MODEL_DIMS,
+        description='Moderations',
+    ),
+    _usage(
+        'images',
+        'organization.usage.images.result',
+        (Field('images', 'item', 'Images generated, edited or varied.'), REQUESTS),
+        MODEL_DIMS + ('size', 'source'),
+        description='Images',
+    ),
+    _usage(
+        'audio_speeches',
+        'organization.usage.audio_speeches.result',
+        (Field('characters', '', 'Characters of text turned into speech.'), REQUESTS),
+        MODEL_DIMS,
+        description='Text to speech',
+    ),
+    _usage(
+        'audio_transcriptions',
+        'organization.usage.audio_transcriptions.result',
+        (Field('seconds', 'second', 'Seconds of audio transcribed.'), REQUESTS),
+        MODEL_DIMS,
+        description='Speech to text',
+    ),
+    _usage(
+        'vector_stores',
+        'organization.usage.vector_stores.result',
+        (Field('usage_bytes', 'byte', 'Bytes held in vector stores (a level, not summed across time).', LEVEL),),
+        ('project_id',),
+        description='Vector store storage',
+    ),
+    _usage(
+        'code_interpreter_sessions',
+        'organization.usage.code_interpreter_sessions.result',
+        (Field('num_sessions', 'session', 'Code interpreter sessions.', aliases=('sessions',)),),
+        ('project_id',),
+        description='Code interpreter',
+    ),
+    _usage(
+        'file_search_calls',
+        'organization.usage.file_searches.result',
+        (Field('num_requests', 'request', 'File search calls.'),),
+        USER_DIMS + ('vector_store_id',),
+        description='File search',
+    ),
+    _usage(
+        'web_search_calls',
+        'organization.usage.web_searches.result',
+        (Field('num_requests', 'request', 'Web search calls.'), REQUESTS),
+        MODEL_DIMS + ('context_level',),
+        description='Web search',
+    ),
+    Endpoint(
+        name='costs',
+        path='/organization/costs',
+        kind=COSTS,
+        result_object='organization.costs.result',
+        fields=(
+            Field(
+                'amount',
+                'dollar',
+                'Cost in the currency of the currency tag (OpenAI bills in usd); the figure that reconciles '
+                'to the invoice, before credits.',
+                path=('amount', 'value'),
+            ),
+        ),
+        group_by=('project_id', 'line_item', 'api_key_id'),
+        default_group_by=('project_id', 'line_item'),
+        max_limit=COSTS_MAX_LIMIT,
+        fixed_dims=(('currency', ('amount', 'currency')),),
+        refused_group_by=('api_key_id',),
+        description='Costs',
+    ),
+)
+
+ENDPOINTS_BY_NAME: Mapping[str, Endpoint] = {e.name: e for e in ENDPOINTS}
+USAGE_ENDPOINTS = tuple(e.name for e in ENDPOINTS if e.kind == USAGE)
+COSTS_ENDPOINT = ENDPOINTS_BY_NAME['costs']
+
+# Tags that name what an id tag points at, resolved by the check from the administration API.
+NAME_TAGS = {'project_id': 'project_name', 'api_key_id': 'api_key_name', 'user_id': 'user_email'}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One row of metadata.csv."""
+
+    name: str
+    type: str
+    unit: str
+    description: str
+    per_unit: str = ''
+    orientation: int = 0
+    short_name: str = ''
+
+
+def _health(name, type_, unit, description, orientation=0, per_unit=''):
+    return Metric(f'{METRIC_NAMESPACE}.check.{name}', type_, unit, description, per_unit, orientation)
+
+
+MONTH_TO_DATE = Metric(
+    f'{METRIC_NAMESPACE}.api.costs.month_to_date',
+    'gauge',
+    'dollar',
+    'Cost of the account since the first of the current UTC month, by currency.',
+    orientation=-1,
+)
+PROJECT_MONTH_TO_DATE = Metric(
+    f'{METRIC_NAMESPACE}.api.costs.project_month_to_date',
+    'gauge',
+    'dollar',
+    'Cost of each project since the first of the current UTC month, by currency.',
+    orientation=-1,
+)
+
+CAN_CONNECT = _health('can_connect', 'gauge', '', '1 when the last run reached OpenAI with a valid admin key, else 0.', 1)
+API_REQUESTS = _health('api.requests', 'count', 'request', 'Requests sent to the OpenAI API, by endpoint and status_code.')
+API_LATENCY = _health('api.latency', 'gauge', 'second', 'Mean response time of the API requests of the run, by endpoint.', -1)
+API_RETRIES = _health('api.retries', 'count', 'attempt', 'Requests retried after a 429, a 5xx or a timeout, by endpoint and reason.', -1)
+DATA_LAG = _health(
+    'data_lag',
+    'gauge',
+    'second',
+    'How far behind the submitted data is: seconds since the endpoint was last read in full.',
+    -1,
+)
+SERIES = _health('series', 'gauge', '', 'Series (group-by combinations) tracked in the re-read window, by endpoint.')
+RUN_DURATION = _health('run.duration', 'gauge', 'second', 'Wall time of the last run of the check.', -1)
+STATE_SIZE = _health('state.size', 'gauge', 'byte', 'Size of the state kept in the persistent cache, by endpoint.')
+
+DERIVED_METRICS = (MONTH_TO_DATE, PROJECT_MONTH_TO_DATE)
+HEALTH_METRICS = (CAN_CONNECT, API_REQUESTS, API_LATENCY, API_RETRIES, DATA_LAG, SERIES, RUN_DURATION, STATE_SIZE)
+
+SERVICE_CHECK = f'{METRIC_NAMESPACE}.can_connect'
+
+
+def field_metrics() -> list[Metric]:
+    rows = []
+    for endpoint in ENDPOINTS:
+        for f in endpoint.fields:
+            rows.append(
+                Metric(
+                    endpoint.metric_name(f),
+                    'count' if f.kind == FLOW else 'gauge',
+                    f.unit,
+                    f'{endpoint.description}: {f.description}',
+                    orientation=-1 if endpoint.kind == COSTS else 0,
+                )
+            )
+    return rows
+
+
+def all_metrics() -> list[Metric]:
+    return field_metrics() + list(DERIVED_METRICS) + list(HEALTH_METRICS)
+
+
+METADATA_HEADER = (
+    'metric_name',
+    'metric_type',
+    'interval',
+    'unit_name',
+    'per_unit_name',
+    'description',
+    'orientation',
+    'integration',
+    'short_name',
+    'curated_metric',
+    'sample_tags',
+)
+
+
+def metadata_rows() -> list[dict]:
+    return [
+        {
+            'metric_name': m.name,
+            'metric_type': m.type,
+            'interval': '',
+            'unit_name': m.unit,
+            'per_unit_name': m.per_unit,
+            'description': m.description,
+            'orientation': str(m.orientation),
+            'integration': INTEGRATION,
+            'short_name': m.short_name or m.name.split('.', 2)[-1].replace('.', ' ').replace('_', ' '),
+            'curated_metric': '',
+            'sample_tags': '',
+        }
+        for m in all_metrics()
+    ]
+
+
+def render_metadata_csv() -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=METADATA_HEADER, lineterminator='\n')
+    writer.writeheader()
+    writer.writerows(metadata_rows())
+    return out.getvalue()
+
+
+if __name__ == '__main__':  # pragma: no cover - maintenance entry point
+    import sys
+
+    sys.stdout.write(render_metadata_csv())
