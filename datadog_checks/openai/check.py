@@ -1,0 +1,242 @@
+"""The `openai` Agent check: one instance is one OpenAI organization (an "account")."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from datadog_checks.base import AgentCheck
+
+from .catalogue import (
+    API_LATENCY,
+    API_REQUESTS,
+    API_RETRIES,
+    CAN_CONNECT,
+    DATA_LAG,
+    ENDPOINTS_BY_NAME,
+    MONTH_TO_DATE,
+    NAME_TAGS,
+    PROJECT_MONTH_TO_DATE,
+    RUN_DURATION,
+    SERIES,
+    SERVICE_CHECK,
+    STATE_SIZE,
+)
+from .client import AuthError, OpenAIClient, RequestRefused, TimeBudget
+from .collector import SEP, EndpointCollector, EndpointResult
+from .ledger import Ledger
+from .names import NameResolver
+from .settings import build_settings
+
+
+class OpenAICheck(AgentCheck):
+    __NAMESPACE__ = ''
+
+    def __init__(self, name, init_config, instances):
+        super().__init__(name, init_config, instances)
+        # Injectable so that tests and the local runner can drive time.
+        self.clock = time.time
+        self.monotonic = time.monotonic
+        self.sleep = time.sleep
+        self.settings = None
+        self.base_tags: list[str] = []
+        self.names: NameResolver | None = None
+        # Group-bys the live API refused, dropped for the life of the check (see catalogue.refused_group_by).
+        self.refused_group_by: dict[str, tuple[str, ...]] = {}
+        self.check_initializations.append(self.load_settings)
+
+    def persistent_cache_id(self) -> str:
+        # The saved state follows the account, not the whole config: rotating the admin key or changing
+        # tags must not reset it (that would re-baseline and drop the usage in between).
+        account = str(self.instance.get('account_name', ''))
+        return 'openai_' + hashlib.sha256(account.encode()).hexdigest()[:16]
+
+    def load_settings(self) -> None:
+        self.settings = build_settings(self.config, self.instance)
+        if self.settings.admin_api_key:
+            self.register_secret(self.settings.admin_api_key)
+            self.http.options['headers']['Authorization'] = f'Bearer {self.settings.admin_api_key}'
+        self.base_tags = [f'openai_account:{self.settings.account_name}', *self.settings.tags]
+        self.names = NameResolver(
+            self.settings.resolve_project_names,
+            self.settings.resolve_api_key_names,
+            self.settings.resolve_user_emails,
+            self.settings.names_refresh_interval,
+            self.clock,
+        )
+
+    # -- a run ---------------------------------------------------------------------------------
+
+    def check(self, _):
+        started = self.monotonic()
+        now = self.clock()
+        client = OpenAIClient(
+            self.http,
+            self.settings.api_base_url,
+            TimeBudget(self.settings.time_budget, self.monotonic),
+            self.settings.max_retries,
+            self.log,
+            sleep=self.sleep,
+            monotonic=self.monotonic,
+        )
+        self.refresh_names(client)
+        self._tag_cache: dict[tuple, list[str]] = {}
+        results = []
+        for endpoint in self.settings.endpoints:
+            result = self.collect(endpoint, client, now)
+            results.append(result)
+            if isinstance(result.error, AuthError) and result.error.status == 401:
+                break  # a rejected key is rejected everywhere: do not hammer the other endpoints
+        self.report_health(client, results, now, started)
+
+    def refresh_names(self, client: OpenAIClient) -> None:
+        if self.names.due():
+            for problem in self.names.refresh(client):
+                self.log.warning('%s Metrics keep their ids; names follow at the next refresh.', problem)
+
+    def collect(self, name: str, client: OpenAIClient, now: float) -> EndpointResult:
+        endpoint = ENDPOINTS_BY_NAME[name]
+        result = self.run_collector(name, client, now)
+        refused = [d for d in endpoint.refused_group_by if d in result.dims]
+        if isinstance(result.error, RequestRefused) and refused:
+            self.refused_group_by[name] = tuple(refused)
+            self.warning(
+                'OpenAI refused group_by %s for %s (%s). Collecting %s without it; remove it from group_by.%s.',
+                ', '.join(refused),
+                name,
+                result.error.message,
+                name,
+                name,
+            )
+            result = self.run_collector(name, client, now)
+        self.commit(result, now)
+        return result
+
+    def run_collector(self, name: str, client: OpenAIClient, now: float) -> EndpointResult:
+        endpoint = ENDPOINTS_BY_NAME[name]
+        refused = self.refused_group_by.get(name, ())
+        group_by = tuple(d for d in self.settings.group_by[name] if d not in refused)
+        collector = EndpointCollector(endpoint, self.settings.width_of(name), group_by, self.settings)
+        return collector.run(client, self.load_ledger(name), now)
+
+    def commit(self, result: EndpointResult, now: float) -> None:
+        """Save the ledger, then submit what it records as submitted: never the other way round."""
+        name = result.endpoint.name
+        window = result.window
+        if result.error is not None:
+            self.warning('%s: %s', name, result.error.message)
+        if window.lost:
+            self.warning(
+                '%s: usage from %s to %s was not collected: the check was away longer than max_catch_up_hours '
+                '(%s). Raise it to catch up further after an outage.',
+                name,
+                _iso(window.lost[0]),
+                _iso(window.lost[1]),
+                self.settings.max_catch_up_hours,
+            )
+        if result.malformed:
+            self.warning('%s: %s malformed rows or buckets were skipped.', name, result.malformed)
+        if window.baseline:
+            if not result.complete:
+                # Half a baseline would make the next run submit the unread buckets' past usage.
+                self.submit_levels(result)
+                return
+            self.log.info(
+                '%s: no saved state for this account; recorded a baseline of the last %s buckets, so usage from '
+                'before now is not submitted. From the next run on, every increase is.',
+                name,
+                len(result.ledger.buckets),
+            )
+        try:
+            state = result.ledger.dumps()
+            self.write_persistent_cache(f'ledger_{name}', state)
+        except Exception as e:
+            self.warning('%s: could not save the state (%s); nothing submitted this run, the next run retries.', name, e)
+            return
+        self.gauge(STATE_SIZE.name, len(state), tags=self.base_tags + [f'endpoint:{name}'])
+        self.gauge(SERIES.name, result.ledger.distinct_series, tags=self.base_tags + [f'endpoint:{name}'])
+        tags_of = self.series_tags
+        dims = result.dims
+        for metric, value, key in result.counts:
+            self.count(metric, value, tags=tags_of(dims, key))
+        self.submit_levels(result)
+        if result.complete and result.endpoint.kind == 'costs':
+            self.submit_month_to_date(result)
+
+    def submit_levels(self, result: EndpointResult) -> None:
+        for metric, value, key in result.gauges:
+            self.gauge(metric, value, tags=self.series_tags(result.dims, key))
+
+    def submit_month_to_date(self, result: EndpointResult) -> None:
+        for currency, total in result.month_totals.items():
+            self.gauge(MONTH_TO_DATE.name, total, tags=self.base_tags + [f'currency:{currency}'])
+        for (currency, project_id), total in result.project_month_totals.items():
+            tags = self.series_tags(('project_id', 'currency'), SEP.join((project_id, currency)))
+            self.gauge(PROJECT_MONTH_TO_DATE.name, total, tags=tags)
+
+    def load_ledger(self, name: str) -> Ledger | None:
+        text = self.read_persistent_cache(f'ledger_{name}')
+        if not text:
+            return None
+        try:
+            return Ledger.loads(text)
+        except Exception as e:
+            self.warning('%s: the saved state is unreadable (%s); recording a new baseline.', name, e)
+            return None
+
+    def series_tags(self, dims: tuple[str, ...], key: str) -> list[str]:
+        cache_key = (dims, key)
+        tags = self._tag_cache.get(cache_key)
+        if tags is None:
+            tags = list(self.base_tags)
+            for dim, value in zip(dims, key.split(SEP)):
+                if not value:
+                    continue  # a dimension OpenAI did not group by (null) is left out, not tagged `none`
+                tags.append(f'{dim}:{value}')
+                name_tag = NAME_TAGS.get(dim)
+                if name_tag and self.names.enabled.get(dim):
+                    resolved = self.names.lookup(dim, value)
+                    if resolved:
+                        tags.append(f'{name_tag}:{resolved}')
+            self._tag_cache[cache_key] = tags
+        return tags
+
+    # -- the check's own health ----------------------------------------------------------------
+
+    def report_health(self, client: OpenAIClient, results: list[EndpointResult], now: float, started: float) -> None:
+        stats = client.stats
+        tags = self.base_tags
+        for (endpoint, status), n in stats.requests.items():
+            self.count(API_REQUESTS.name, n, tags=tags + [f'endpoint:{endpoint}', f'status_code:{status}'])
+        for endpoint, latencies in stats.latency.items():
+            self.gauge(API_LATENCY.name, sum(latencies) / len(latencies), tags=tags + [f'endpoint:{endpoint}'])
+        for (endpoint, reason), n in stats.retries.items():
+            self.count(API_RETRIES.name, n, tags=tags + [f'endpoint:{endpoint}', f'reason:{reason}'])
+        for result in results:
+            if result.ledger.read_at and not (result.window.baseline and not result.complete):
+                self.gauge(
+                    DATA_LAG.name, max(0.0, now - result.ledger.read_at), tags=tags + [f'endpoint:{result.endpoint.name}']
+                )
+
+        status, message = self.connection_status(results, stats.rate_limited)
+        self.gauge(CAN_CONNECT.name, 0 if status == AgentCheck.CRITICAL else 1, tags=tags)
+        self.service_check(SERVICE_CHECK, status, tags=tags, message=message)
+        self.gauge(RUN_DURATION.name, self.monotonic() - started, tags=tags)
+
+    def connection_status(self, results: list[EndpointResult], rate_limited: bool) -> tuple[int, str]:
+        failed = [r for r in results if not r.complete]
+        auth = next((r.error for r in failed if isinstance(r.error, AuthError)), None)
+        if auth is not None:
+            return AgentCheck.CRITICAL, auth.message
+        if results and len(failed) == len(results):
+            return AgentCheck.CRITICAL, f'No endpoint could be read: {failed[0].error.message}'
+        if failed or rate_limited or len(results) < len(self.settings.endpoints):
+            parts = [f'{r.endpoint.name}: {r.error.message}' for r in failed]
+            if rate_limited:
+                parts.append('OpenAI rate limited some requests; the check retried within its time budget')
+            return AgentCheck.WARNING, '; '.join(parts)
+        return AgentCheck.OK, ''
+
+
+def _iso(t: float) -> str:
+    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(t))

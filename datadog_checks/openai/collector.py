@@ -1,0 +1,263 @@
+"""One endpoint, one run: read the window, compare it with the ledger, return what to submit.
+
+The window always ends with the bucket in progress (fresh data is wanted) and starts at the oldest
+bucket that may still change: the re-read window, stretched back to where the previous complete read
+stopped after an outage (up to `max_catch_up_hours`), and for costs back to the first of the month so
+the month-to-date figure is OpenAI's own.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .catalogue import BUCKET_SECONDS, COSTS, Endpoint
+from .client import ApiError, BadResponse, OpenAIClient
+from .ledger import Ledger, shape_of
+
+# Series keys join the dimension values with a separator that cannot appear in an id or a name.
+SEP = '\x1f'
+NULL = ''
+
+
+@dataclass
+class Window:
+    read_start: int
+    # Where the ledger's horizon moves once the whole window has been read.
+    horizon: int
+    baseline: bool
+    # Usage between these two times could not be caught up (outage longer than max_catch_up_hours).
+    lost: tuple[int, int] | None = None
+
+
+@dataclass
+class EndpointResult:
+    endpoint: Endpoint
+    dims: tuple[str, ...]
+    ledger: Ledger
+    window: Window
+    # (metric name, value, series key)
+    counts: list = field(default_factory=list)
+    gauges: list = field(default_factory=list)
+    # currency -> total, and (currency, project_id) -> total, over the current month's buckets.
+    month_totals: dict = field(default_factory=dict)
+    project_month_totals: dict = field(default_factory=dict)
+    complete: bool = False
+    error: ApiError | None = None
+    rows: int = 0
+    malformed: int = 0
+    newest_bucket: int | None = None
+
+
+def floor_to(t: float, seconds: int) -> int:
+    return int(t // seconds * seconds)
+
+
+def month_start(t: float) -> int:
+    tm = time.gmtime(t)
+    return calendar.timegm((tm.tm_year, tm.tm_mon, 1, 0, 0, 0))
+
+
+def plan_window(endpoint: Endpoint, width: str, settings, ledger: Ledger | None, now: float) -> Window:
+    seconds = BUCKET_SECONDS[width]
+    if endpoint.kind == COSTS:
+        window_start = min(month_start(now), floor_to(now - settings.costs_revision_window_days * 86400, seconds))
+    else:
+        window_start = floor_to(now - settings.revision_window_hours * 3600, seconds)
+    if ledger is None:
+        return Window(window_start, window_start, baseline=True)
+    floor = min(window_start, floor_to(now - settings.max_catch_up_hours * 3600, seconds))
+    read_start = min(ledger.horizon, window_start)
+    lost = None
+    if read_start < floor:
+        lost = (read_start, floor)
+        read_start = floor
+    return Window(read_start, window_start, baseline=False, lost=lost)
+
+
+def _encode(value: Any) -> str:
+    if value is None:
+        return NULL
+    if value is True:
+        return 'true'
+    if value is False:
+        return 'false'
+    return str(value)
+
+
+def _number(value: Any) -> float | int | None:
+    """A numeric field, tolerant of strings (costs' amount.value); None when absent or unusable."""
+    if value is None or value is True or value is False:
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+class EndpointCollector:
+    def __init__(self, endpoint: Endpoint, width: str, group_by: tuple[str, ...], settings):
+        self.endpoint = endpoint
+        self.width = width
+        self.group_by = group_by
+        self.settings = settings
+        self.fixed_dims = endpoint.fixed_dims
+        self.dims = group_by + tuple(name for name, _ in self.fixed_dims)
+        self.flows = endpoint.flows
+        self.levels = endpoint.levels
+        self.flow_names = [endpoint.metric_name(f) for f in self.flows]
+        self.level_names = [endpoint.metric_name(f) for f in self.levels]
+        self.shape = shape_of(width, self.dims, [f.name for f in self.flows])
+        self.month_dim = self.dims.index('project_id') if 'project_id' in self.dims else None
+        self.currency_dim = self.dims.index('currency') if 'currency' in self.dims else None
+
+    def params(self, start: int) -> list[tuple[str, Any]]:
+        # No end_time: the last bucket is then the one in progress, which is the freshest data.
+        params = [
+            ('start_time', start),
+            ('bucket_width', self.width),
+            ('limit', self.endpoint.max_limit[self.width]),
+        ]
+        params.extend(('group_by', dim) for dim in self.group_by)
+        return params
+
+    # -- reading rows --------------------------------------------------------------------------
+
+    def _key(self, row: dict) -> str:
+        parts = [_encode(row.get(d)) for d in self.group_by]
+        for _, path in self.fixed_dims:
+            value = row
+            for step in path:
+                value = value.get(step) if isinstance(value, dict) else None
+            parts.append(_encode(value))
+        return SEP.join(parts)
+
+    @staticmethod
+    def _value(row: dict, f) -> float | int | None:
+        if f.path:
+            value = row
+            for step in f.path:
+                value = value.get(step) if isinstance(value, dict) else None
+            return _number(value)
+        for key in f.keys:
+            value = row.get(key)
+            if value is not None:
+                return _number(value)
+        return None
+
+    def _aggregate(self, results: list, fields) -> tuple[dict[str, list], int]:
+        """Rows of one bucket by series key; rows sharing a key (should not happen) are added up."""
+        current: dict[str, list] = {}
+        malformed = 0
+        value = self._value
+        for row in results:
+            if not isinstance(row, dict):
+                malformed += 1
+                continue
+            values = [value(row, f) for f in fields]
+            key = self._key(row)
+            seen = current.get(key)
+            if seen is None:
+                current[key] = values
+            else:
+                for i, v in enumerate(values):
+                    if v is not None:
+                        seen[i] = v if seen[i] is None else seen[i] + v
+        return current, malformed
+
+    # -- one run -------------------------------------------------------------------------------
+
+    def run(self, client: OpenAIClient, ledger: Ledger | None, now: float) -> EndpointResult:
+        if ledger is not None and ledger.shape != self.shape:
+            ledger = None
+        window = plan_window(self.endpoint, self.width, self.settings, ledger, now)
+        if ledger is None:
+            ledger = Ledger(self.shape, window.read_start, now)
+        elif window.read_start > ledger.horizon:
+            # Buckets the outage pushed out of reach are dropped: they can no longer be compared.
+            ledger.prune(window.read_start)
+        result = EndpointResult(self.endpoint, self.dims, ledger, window)
+        this_month = month_start(now)
+        levels_seen: dict[str, tuple[int, list]] = {}
+        try:
+            for buckets in client.iter_buckets_pages(self.endpoint.path, self.params(window.read_start), self.endpoint.name):
+                for bucket in buckets:
+                    if not isinstance(bucket, dict) or not isinstance(bucket.get('results'), list):
+                        raise BadResponse(
+                            f'OpenAI sent a malformed bucket for {self.endpoint.path}; the page was not used.',
+                            200,
+                            self.endpoint.name,
+                        )
+                    start = bucket.get('start_time')
+                    if not isinstance(start, int) or start < window.read_start:
+                        result.malformed += 1
+                        continue
+                    results = bucket['results']
+                    result.rows += len(results)
+                    if results:
+                        result.newest_bucket = start if result.newest_bucket is None else max(result.newest_bucket, start)
+                    if self.flows:
+                        self._diff_bucket(result, start, results, window.baseline, start >= this_month)
+                    if self.levels and results:
+                        current, _ = self._aggregate(results, self.levels)
+                        for key, values in current.items():
+                            if key not in levels_seen or levels_seen[key][0] <= start:
+                                levels_seen[key] = (start, values)
+            result.complete = True
+        except ApiError as e:
+            result.error = e
+        for key, (_, values) in levels_seen.items():
+            for name, v in zip(self.level_names, values):
+                if v is not None:
+                    result.gauges.append((name, v, key))
+        if result.complete:
+            ledger.prune(window.horizon)
+            ledger.read_at = now
+        return result
+
+    def _diff_bucket(self, result: EndpointResult, start: int, results: list, baseline: bool, in_month: bool) -> None:
+        current, malformed = self._aggregate(results, self.flows)
+        result.malformed += malformed
+        submitted = result.ledger.buckets.setdefault(start, {})
+        counts = result.counts
+        names = self.flow_names
+        for key, values in current.items():
+            old = submitted.get(key)
+            if old is None:
+                submitted[key] = values
+                if not baseline:
+                    for name, v in zip(names, values):
+                        if v:
+                            counts.append((name, v, key))
+                continue
+            for i, v in enumerate(values):
+                if v is None:
+                    # Not reported this time: what was submitted stands.
+                    continue
+                before = old[i]
+                delta = v if before is None else v - before
+                if delta:
+                    old[i] = v
+                    if not baseline:
+                        counts.append((names[i], delta, key))
+        if in_month and self.currency_dim is not None:
+            self._add_month(result, current)
+
+    def _add_month(self, result: EndpointResult, current: dict[str, list]) -> None:
+        for key, values in current.items():
+            amount = values[0]
+            if amount is None:
+                continue
+            parts = key.split(SEP)
+            currency = parts[self.currency_dim] or 'usd'
+            result.month_totals[currency] = result.month_totals.get(currency, 0.0) + amount
+            if self.month_dim is not None:
+                pk = (currency, parts[self.month_dim])
+                result.project_month_totals[pk] = result.project_month_totals.get(pk, 0.0) + amount
+

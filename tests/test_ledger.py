@@ -1,0 +1,222 @@
+"""The ledger and the per-endpoint diff, driven with hand-written pages (no HTTP).
+
+These pin the arithmetic of "submit only the difference"; the end-to-end proofs against the API
+simulator are in test_exactly_once.py.
+"""
+
+from types import SimpleNamespace
+
+import pytest
+
+from datadog_checks.openai.catalogue import ENDPOINTS_BY_NAME
+from datadog_checks.openai.client import TransientError
+from datadog_checks.openai.collector import SEP, EndpointCollector, month_start, plan_window
+from datadog_checks.openai.ledger import Ledger
+
+H = 3600
+SETTINGS = SimpleNamespace(revision_window_hours=6, costs_revision_window_days=3, max_catch_up_hours=48)
+T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
+
+
+class PagesClient:
+    """Answers every query with the pages given, once; raises `fail_after` pages in."""
+
+    def __init__(self, *pages, fail_after=None):
+        self.pages = list(pages)
+        self.fail_after = fail_after
+        self.queries = []
+
+    def iter_buckets_pages(self, path, params, endpoint):
+        self.queries.append(dict(params))
+        for i, page in enumerate(self.pages):
+            if self.fail_after is not None and i >= self.fail_after:
+                raise TransientError('rate limited', 429, endpoint)
+            yield page
+
+
+def bucket(start, *rows, width=H):
+    return {'object': 'bucket', 'start_time': start, 'end_time': start + width, 'results': list(rows)}
+
+
+def row(model, input_tokens, output_tokens=0, requests=1, **extra):
+    return {
+        'object': 'organization.usage.completions.result',
+        'model': model,
+        'input_tokens': input_tokens,
+        'output_tokens': output_tokens,
+        'num_model_requests': requests,
+        **extra,
+    }
+
+
+def completions():
+    return EndpointCollector(ENDPOINTS_BY_NAME['completions'], '1h', ('model',), SETTINGS)
+
+
+def totals(counts, only=None):
+    out = {}
+    for name, value, key in counts:
+        if only is None or name == only:
+            out[(name, key)] = out.get((name, key), 0) + value
+    return out
+
+
+IN = 'openai.api.usage.completions.input_tokens'
+OUT = 'openai.api.usage.completions.output_tokens'
+
+
+def test_first_run_records_a_baseline_and_submits_nothing():
+    c = completions()
+    result = c.run(PagesClient([bucket(T0, row('gpt-4o', 100))]), None, T0 + 600)
+    assert result.window.baseline and result.complete
+    assert result.counts == []
+    assert result.ledger.buckets[T0]['gpt-4o'][:2] == [100, 0]
+
+
+def test_only_the_growth_of_a_revised_bucket_is_submitted():
+    c = completions()
+    ledger = c.run(PagesClient([bucket(T0, row('gpt-4o', 100, 10))]), None, T0 + 600).ledger
+    result = c.run(PagesClient([bucket(T0, row('gpt-4o', 250, 10)), bucket(T0 + H, row('gpt-4o', 7, 3))]), ledger, T0 + H + 60)
+    got = totals(result.counts)
+    assert got[(IN, 'gpt-4o')] == 150 + 7
+    assert got[(OUT, 'gpt-4o')] == 3
+    # The unchanged output of the first bucket is not resubmitted.
+    assert sum(1 for name, _, _ in result.counts if name == OUT) == 1
+
+
+def test_a_field_missing_from_a_row_means_not_reported_not_zero():
+    c = completions()
+    ledger = c.run(PagesClient([bucket(T0, row('m', 100, 40))]), None, T0 + 60).ledger
+    revised = row('m', 120)
+    del revised['output_tokens']
+    result = c.run(PagesClient([bucket(T0, revised)]), ledger, T0 + 120)
+    assert totals(result.counts, IN) == {(IN, 'm'): 20}
+    assert result.ledger.buckets[T0]['m'][1] == 40
+
+
+def test_a_downward_revision_is_submitted_as_a_negative_count():
+    c = completions()
+    ledger = c.run(PagesClient([bucket(T0, row('m', 100))]), None, T0 + 60).ledger
+    result = c.run(PagesClient([bucket(T0, row('m', 90))]), ledger, T0 + 120)
+    assert totals(result.counts, IN) == {(IN, 'm'): -10}
+
+
+def test_rows_sharing_a_series_key_are_added_up():
+    c = completions()
+    ledger = c.run(PagesClient([bucket(T0)]), None, T0 + 60).ledger
+    result = c.run(PagesClient([bucket(T0, row('m', 5), row('m', 6))]), ledger, T0 + 120)
+    assert totals(result.counts, IN)[(IN, 'm')] == 11
+
+
+def test_null_and_boolean_dimensions_make_distinct_series():
+    c = EndpointCollector(ENDPOINTS_BY_NAME['completions'], '1h', ('model', 'batch'), SETTINGS)
+    ledger = c.run(PagesClient([bucket(T0)]), None, T0 + 60).ledger
+    rows = [row('m', 1, batch=True), row('m', 2, batch=False), row('m', 4, batch=None), row(None, 8, batch=None)]
+    got = totals(c.run(PagesClient([bucket(T0, *rows)]), ledger, T0 + 120).counts, IN)
+    assert got == {
+        (IN, f'm{SEP}true'): 1,
+        (IN, f'm{SEP}false'): 2,
+        (IN, f'm{SEP}'): 4,
+        (IN, f'{SEP}'): 8,
+    }
+
+
+def test_a_failed_page_keeps_what_was_processed_and_does_not_advance_the_horizon():
+    c = completions()
+    ledger = c.run(PagesClient([bucket(T0)]), None, T0 + 60).ledger
+    horizon = ledger.horizon
+    pages = ([bucket(T0, row('m', 10))], [bucket(T0 + H, row('m', 20))])
+    result = c.run(PagesClient(*pages, fail_after=1), ledger, T0 + H + 60)
+    assert not result.complete and isinstance(result.error, TransientError)
+    assert totals(result.counts, IN) == {(IN, 'm'): 10}
+    assert ledger.horizon == horizon
+    # The next run re-reads both buckets and submits only what the first attempt did not.
+    result = c.run(PagesClient(*pages), ledger, T0 + H + 120)
+    assert totals(result.counts, IN) == {(IN, 'm'): 20}
+
+
+def test_after_an_outage_the_window_starts_where_the_last_complete_read_stopped():
+    c = completions()
+    ledger = c.run(PagesClient([bucket(T0)]), None, T0 + 60).ledger
+    window = plan_window(c.endpoint, '1h', SETTINGS, ledger, T0 + 30 * H)
+    assert window.read_start == ledger.horizon and window.lost is None
+    window = plan_window(c.endpoint, '1h', SETTINGS, ledger, T0 + 100 * H)
+    assert window.lost == (ledger.horizon, T0 + 52 * H)
+    assert window.read_start == T0 + 52 * H
+
+
+def test_costs_window_reaches_back_to_the_first_of_the_month():
+    costs = ENDPOINTS_BY_NAME['costs']
+    now = T0 + 20 * 86400 + 5 * H
+    window = plan_window(costs, '1d', SETTINGS, None, now)
+    assert window.read_start == month_start(now) == T0
+    early = T0 + 86400 + H  # 2 January: three days back reaches into December
+    assert plan_window(costs, '1d', SETTINGS, None, early).read_start == T0 - 2 * 86400
+
+
+def test_costs_string_amounts_currency_and_month_to_date():
+    c = EndpointCollector(ENDPOINTS_BY_NAME['costs'], '1d', ('project_id', 'line_item'), SETTINGS)
+
+    def cost(project, item, value):
+        return {
+            'object': 'organization.costs.result',
+            'amount': {'value': value, 'currency': 'usd'},
+            'project_id': project,
+            'line_item': item,
+        }
+
+    december = bucket(T0 - 86400, cost('p1', 'gpt-4o, input', 5.0), width=86400)
+    day1 = bucket(T0, cost('p1', 'gpt-4o, input', '1.25'), cost('p2', 'gpt-4o, output', 0.5), width=86400)
+    ledger = c.run(PagesClient([december, day1]), None, T0 + H).ledger
+    day1b = bucket(T0, cost('p1', 'gpt-4o, input', '1.75'), cost('p2', 'gpt-4o, output', 0.5), width=86400)
+    day2 = bucket(T0 + 86400, cost('p2', 'gpt-4o, output', 2), width=86400)
+    result = c.run(PagesClient([december, day1b, day2]), ledger, T0 + 86400 + H)
+    got = totals(result.counts)
+    assert got == {
+        ('openai.api.costs.amount', SEP.join(['p1', 'gpt-4o, input', 'usd'])): pytest.approx(0.5),
+        ('openai.api.costs.amount', SEP.join(['p2', 'gpt-4o, output', 'usd'])): 2,
+    }
+    assert result.month_totals == {'usd': pytest.approx(1.75 + 0.5 + 2)}
+    assert result.project_month_totals == {('usd', 'p1'): pytest.approx(1.75), ('usd', 'p2'): pytest.approx(2.5)}
+
+
+def test_vector_store_bytes_are_a_level_taken_from_the_newest_bucket():
+    c = EndpointCollector(ENDPOINTS_BY_NAME['vector_stores'], '1h', ('project_id',), SETTINGS)
+
+    def vs(project, size):
+        return {'object': 'organization.usage.vector_stores.result', 'usage_bytes': size, 'project_id': project}
+
+    result = c.run(PagesClient([bucket(T0, vs('p1', 10), vs('p2', 5)), bucket(T0 + H, vs('p1', 30))]), None, T0 + H + 1)
+    assert sorted(result.gauges) == [
+        ('openai.api.usage.vector_stores.usage_bytes', 5, 'p2'),
+        ('openai.api.usage.vector_stores.usage_bytes', 30, 'p1'),
+    ]
+    assert result.counts == []
+
+
+def test_code_interpreter_reads_the_older_sessions_field():
+    c = EndpointCollector(ENDPOINTS_BY_NAME['code_interpreter_sessions'], '1h', ('project_id',), SETTINGS)
+    ledger = c.run(PagesClient([bucket(T0)]), None, T0 + 1).ledger
+    old = {'object': 'organization.usage.code_interpreter_sessions.result', 'sessions': 3, 'project_id': 'p'}
+    new = {'object': 'organization.usage.code_interpreter_sessions.result', 'num_sessions': 5, 'project_id': 'p'}
+    result = c.run(PagesClient([bucket(T0, old)]), ledger, T0 + 2)
+    result2 = c.run(PagesClient([bucket(T0, new)]), ledger, T0 + 3)
+    metric = 'openai.api.usage.code_interpreter_sessions.num_sessions'
+    assert result.counts == [(metric, 3, 'p')] and result2.counts == [(metric, 2, 'p')]
+
+
+def test_the_ledger_round_trips_and_forgets_buckets_behind_the_horizon():
+    ledger = Ledger('1h|model|a,b', T0, T0 + 5.5, {T0: {'m': [1, None]}, T0 + H: {'m': [2, 3], 'n': [None, 4]}})
+    again = Ledger.loads(ledger.dumps())
+    assert again == ledger and ledger.distinct_series == 2
+    again.prune(T0 + H)
+    assert list(again.buckets) == [T0 + H] and again.horizon == T0 + H
+    with pytest.raises(ValueError):
+        Ledger.loads('{"v": 99}')
+
+
+def test_a_changed_group_by_starts_a_new_baseline():
+    ledger = completions().run(PagesClient([bucket(T0, row('m', 1))]), None, T0 + 60).ledger
+    other = EndpointCollector(ENDPOINTS_BY_NAME['completions'], '1h', ('model', 'project_id'), SETTINGS)
+    result = other.run(PagesClient([bucket(T0, row('m', 5, project_id='p'))]), ledger, T0 + 120)
+    assert result.window.baseline and result.counts == []
