@@ -23,13 +23,14 @@ from .catalogue import (
     STATE_SIZE,
 )
 from .client import AuthError, OpenAIClient, RequestRefused, TimeBudget
+from .config_models import ConfigMixin
 from .collector import SEP, EndpointCollector, EndpointResult
 from .ledger import Ledger
 from .names import NameResolver
 from .settings import build_settings
 
 
-class OpenAICheck(AgentCheck):
+class OpenAICheck(AgentCheck, ConfigMixin):
     __NAMESPACE__ = ''
 
     def __init__(self, name, init_config, instances):
@@ -206,7 +207,7 @@ class OpenAICheck(AgentCheck):
     def report_health(self, client: OpenAIClient, results: list[EndpointResult], now: float, started: float) -> None:
         stats = client.stats
         tags = self.base_tags
-        for (endpoint, status), n in stats.requests.items():
+        for (endpoint, status), n in stats.calls.items():
             self.count(API_REQUESTS.name, n, tags=tags + [f'endpoint:{endpoint}', f'status_code:{status}'])
         for endpoint, latencies in stats.latency.items():
             self.gauge(API_LATENCY.name, sum(latencies) / len(latencies), tags=tags + [f'endpoint:{endpoint}'])

@@ -78,7 +78,7 @@ class TimeBudget:
 class RequestStats:
     """What the run's requests did, for the check's own health metrics."""
 
-    requests: dict = field(default_factory=lambda: defaultdict(int))  # (endpoint, status) -> n
+    calls: dict = field(default_factory=lambda: defaultdict(int))  # (endpoint, status) -> n
     latency: dict = field(default_factory=lambda: defaultdict(list))  # endpoint -> [seconds]
     retries: dict = field(default_factory=lambda: defaultdict(int))  # (endpoint, reason) -> n
     bytes: int = 0
@@ -203,7 +203,7 @@ class OpenAIClient:
         raise RequestRefused(f'OpenAI refused the request to {path} with {status}: {detail}', status, endpoint, body)
 
     def _record(self, endpoint: str, status: str, started: float) -> None:
-        self.stats.requests[(endpoint, status)] += 1
+        self.stats.calls[(endpoint, status)] += 1
         self.stats.latency[endpoint].append(self.monotonic() - started)
 
     @staticmethod

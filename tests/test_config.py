@@ -1,0 +1,106 @@
+"""Bad configuration fails at load time, with one clear message per problem."""
+
+import pytest
+
+from datadog_checks.base import ConfigurationError
+from datadog_checks.openai import OpenAICheck
+from datadog_checks.openai.catalogue import ENDPOINTS_BY_NAME, USAGE_ENDPOINTS
+
+GOOD = {'account_name': 'prod', 'admin_api_key': 'sk-admin-abc', 'min_collection_interval': 300}
+
+
+def load(**overrides):
+    instance = {**GOOD, **overrides}
+    instance = {k: v for k, v in instance.items() if v is not None}
+    check = OpenAICheck('openai', {}, [instance])
+    check.load_configuration_models()
+    check.load_settings()
+    return check
+
+
+def problems(**overrides) -> str:
+    with pytest.raises(ConfigurationError) as e:
+        load(**overrides)
+    return str(e.value)
+
+
+def test_defaults_collect_every_endpoint_with_the_catalogue_group_bys():
+    settings = load().settings
+    assert settings.endpoints == USAGE_ENDPOINTS + ('costs',)
+    assert settings.group_by == {name: ENDPOINTS_BY_NAME[name].default_group_by for name in settings.endpoints}
+    assert settings.bucket_width == '1h'
+    assert settings.api_base_url == 'https://api.openai.com/v1'
+    assert not settings.resolve_user_emails
+
+
+def test_group_by_is_validated_against_what_each_endpoint_accepts():
+    message = problems(group_by={'vector_stores': ['project_id', 'model'], 'file_search_calls': ['model']})
+    assert '`group_by.vector_stores` has model' in message
+    assert 'allowed: project_id.' in message
+    assert '`group_by.file_search_calls` has model' in message
+    assert 'allowed: project_id, user_id, api_key_id, vector_store_id' in message
+    # One line per problem.
+    assert len(message.splitlines()) == 2
+
+
+def test_group_by_order_does_not_matter():
+    settings = load(group_by={'completions': ['model', 'project_id']}).settings
+    assert settings.group_by['completions'] == ('project_id', 'model')
+
+
+def test_unknown_endpoints_are_named_with_the_allowed_ones():
+    message = problems(usage_endpoints=['completions', 'chat'], group_by={'chats': ['model']})
+    assert 'unknown endpoints chat' in message and 'web_search_calls' in message
+    assert "unknown endpoint 'chats'" in message
+
+
+def test_a_project_key_is_refused_with_what_to_do():
+    message = problems(admin_api_key='sk-proj-123')
+    assert 'organization admin key' in message and 'admin-keys' in message
+
+
+def test_missing_account_and_key_are_reported():
+    assert 'account_name' in problems(account_name=None)
+    assert '`account_name` is required' in problems(account_name='  ')
+    assert '`admin_api_key` is required' in problems(admin_api_key=None)
+
+
+def test_an_auth_token_reader_replaces_the_key(tmp_path):
+    key_file = tmp_path / 'key'
+    key_file.write_text('sk-admin-from-file')
+    auth_token = {
+        'reader': {'type': 'file', 'path': str(key_file)},
+        'writer': {'type': 'header', 'name': 'Authorization', 'value': 'Bearer <TOKEN>'},
+    }
+    assert load(admin_api_key=None, auth_token=auth_token).settings.admin_api_key is None
+
+
+def test_windows_and_budget_are_checked():
+    message = problems(bucket_width='5m', revision_window_hours=0, max_catch_up_hours=100000, time_budget=400)
+    assert '`bucket_width` must be one of 1m, 1h, 1d' in message
+    assert '`revision_window_hours` must be at least 1' in message
+    assert '`max_catch_up_hours` must be between' in message
+    assert '`time_budget` (400s) must be shorter than `min_collection_interval` (300s)' in message
+
+
+def test_a_daily_bucket_needs_a_day_of_revision_window():
+    assert 'use 24 or more with 1d' in problems(bucket_width='1d', revision_window_hours=6)
+    assert load(bucket_width='1d', revision_window_hours=24).settings.bucket_width == '1d'
+
+
+def test_costs_can_be_turned_off():
+    settings = load(collect_costs=False, usage_endpoints=['completions']).settings
+    assert settings.endpoints == ('completions',)
+
+
+def test_the_key_is_a_registered_secret_and_sent_as_bearer():
+    check = load(admin_api_key='sk-admin-very-secret')
+    assert check.http.options['headers']['Authorization'] == 'Bearer sk-admin-very-secret'
+    assert 'sk-admin-very-secret' not in check.sanitize('error with sk-admin-very-secret inside')
+
+
+def test_state_is_keyed_by_account_not_by_key():
+    one = load(admin_api_key='sk-admin-one')
+    two = load(admin_api_key='sk-admin-two', tags=['team:ml'])
+    other = load(account_name='staging')
+    assert one.persistent_cache_id() == two.persistent_cache_id() != other.persistent_cache_id()

@@ -1,0 +1,236 @@
+"""The package as the Agent receives it: generated files in step with their sources, and a wheel that holds
+what `datadog-agent integration install` needs and nothing else."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from datadog_checks.openai.__about__ import __version__
+from datadog_checks.openai.catalogue import (
+    CAN_CONNECT,
+    ENDPOINTS,
+    METRIC_NAMESPACE,
+    SERVICE_CHECK,
+    USAGE_ENDPOINTS,
+    render_metadata_csv,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / 'datadog_checks' / 'openai'
+SPEC = ROOT / 'assets' / 'configuration' / 'spec.yaml'
+EXAMPLE = PACKAGE / 'data' / 'conf.yaml.example'
+
+# The instance options this check defines itself (the rest come from the http and default templates).
+OWN_OPTIONS = [
+    'account_name',
+    'admin_api_key',
+    'api_base_url',
+    'usage_endpoints',
+    'collect_costs',
+    'group_by',
+    'bucket_width',
+    'revision_window_hours',
+    'costs_revision_window_days',
+    'max_catch_up_hours',
+    'resolve_project_names',
+    'resolve_api_key_names',
+    'resolve_user_emails',
+    'names_refresh_interval',
+    'time_budget',
+    'max_retries',
+]
+SYNC = 'run scripts/sync-generated.sh'
+
+
+def spec_instance_options() -> list[dict]:
+    spec = yaml.safe_load(SPEC.read_text())
+    (config_file,) = spec['files']
+    (instances,) = [o for o in config_file['options'] if o.get('template') == 'instances']
+    return [o for o in instances['options'] if 'name' in o]
+
+
+def instance_model(**instance):
+    from datadog_checks.openai.config_models.instance import InstanceConfig
+
+    return InstanceConfig.model_validate(instance, context={'configured_fields': frozenset(instance)})
+
+
+# -- generated files --------------------------------------------------------------------------------
+
+
+def test_metadata_csv_is_what_the_catalogue_renders():
+    assert (ROOT / 'metadata.csv').read_text() == render_metadata_csv(), f'metadata.csv is stale: {SYNC}'
+
+
+def test_metadata_csv_lists_every_metric_once_with_the_namespace():
+    rows = list(csv.DictReader(io.StringIO((ROOT / 'metadata.csv').read_text())))
+    names = [r['metric_name'] for r in rows]
+    assert len(names) == len(set(names))
+    assert all(n.startswith(METRIC_NAMESPACE + '.') for n in names)
+    assert CAN_CONNECT.name in names
+
+
+def test_spec_defines_the_documented_instance_options():
+    assert [o['name'] for o in spec_instance_options()] == OWN_OPTIONS
+
+
+def test_every_spec_option_is_a_field_of_the_generated_model():
+    from datadog_checks.openai.config_models.instance import InstanceConfig
+    from datadog_checks.openai.config_models.shared import SharedConfig
+
+    fields = set(InstanceConfig.model_fields)
+    assert set(OWN_OPTIONS) <= fields, f'config_models/ is stale: {SYNC}'
+    try:
+        from datadog_checks.dev.tooling.configuration import ConfigSpec
+    except ImportError:  # pragma: no cover - datadog-checks-dev is in requirements-dev.txt
+        return
+    spec = ConfigSpec(SPEC.read_text(), source='openai', version=__version__)
+    spec.load()
+    assert not spec.errors
+    sections = {o['name']: o for o in spec.data['files'][0]['options']}
+    assert {o['name'] for o in sections['instances']['options']} == fields, f'config_models/ is stale: {SYNC}'
+    assert {o['name'] for o in sections['init_config']['options']} == set(SharedConfig.model_fields)
+
+
+def test_model_defaults_are_the_documented_ones():
+    config = instance_model(account_name='prod')
+    assert config.admin_api_key is None
+    assert config.api_base_url == 'https://api.openai.com/v1'
+    assert tuple(config.usage_endpoints) == USAGE_ENDPOINTS
+    assert config.collect_costs is True
+    assert config.group_by is None  # each endpoint's default comes from the catalogue
+    assert config.bucket_width == '1h'
+    assert config.revision_window_hours == 6
+    assert config.costs_revision_window_days == 3
+    assert config.max_catch_up_hours == 168
+    assert config.resolve_project_names is True
+    assert config.resolve_api_key_names is True
+    assert config.resolve_user_emails is False
+    assert config.names_refresh_interval == 3600
+    assert config.time_budget == 240
+    assert config.max_retries == 4
+    assert config.min_collection_interval == 300
+
+
+def test_model_keeps_group_by_as_a_mapping_of_lists():
+    config = instance_model(account_name='prod', group_by={'completions': ['project_id', 'model']})
+    assert dict(config.group_by) == {'completions': ('project_id', 'model')}
+
+
+def test_spec_documents_each_endpoint_group_by_as_the_catalogue_has_it():
+    (group_by,) = [o for o in spec_instance_options() if o['name'] == 'group_by']
+    documented = {}
+    for line in group_by['description'].splitlines():
+        m = re.match(r'^\s+([a-z_, ]+): ([a-z_, ]+?)(?: \[default: ([a-z_, ]+)\])?$', line)
+        if m:
+            for name in m.group(1).split(', '):
+                documented[name] = (tuple(m.group(2).split(', ')), m.group(3))
+    assert set(documented) == {e.name for e in ENDPOINTS}
+    for endpoint in ENDPOINTS:
+        allowed, default = documented[endpoint.name]
+        assert allowed == endpoint.group_by, endpoint.name
+        expected_default = None if endpoint.default_group_by == endpoint.group_by else endpoint.default_group_by
+        assert (tuple(default.split(', ')) if default else None) == expected_default, endpoint.name
+
+
+def test_example_config_is_ready_to_fill_in():
+    example = yaml.safe_load(EXAMPLE.read_text())
+    (instance,) = example['instances']
+    assert instance == {
+        'account_name': '<ACCOUNT_NAME>',
+        'admin_api_key': '<OPENAI_ADMIN_KEY>',
+        'min_collection_interval': 300,
+    }
+    assert 'usage_endpoints' in EXAMPLE.read_text()
+
+
+# -- manifest and service checks ------------------------------------------------------------------------
+
+
+def test_manifest_points_at_files_that_exist():
+    manifest = json.loads((ROOT / 'manifest.json').read_text())
+    assert manifest['manifest_version'] == '2.0.0'
+    assert manifest['app_id'] == 'openai'
+    integration = manifest['assets']['integration']
+    assert integration['metrics']['prefix'] == METRIC_NAMESPACE + '.'
+    assert integration['metrics']['check'] == CAN_CONNECT.name
+    paths = [
+        integration['configuration']['spec'],
+        integration['metrics']['metadata_path'],
+        integration['service_checks']['metadata_path'],
+        *manifest['assets'].get('dashboards', {}).values(),
+        *manifest['assets'].get('monitors', {}).values(),
+    ]
+    missing = [p for p in paths if not (ROOT / p).is_file()]
+    assert not missing, f'manifest.json lists files that do not exist: {missing}'
+    for p in paths:
+        if p.endswith('.json'):
+            json.loads((ROOT / p).read_text())
+
+
+def test_service_checks_match_the_catalogue_and_the_manifest():
+    manifest = json.loads((ROOT / 'manifest.json').read_text())
+    (service_check,) = json.loads((ROOT / 'assets' / 'service_checks.json').read_text())
+    assert service_check['check'] == SERVICE_CHECK
+    assert service_check['integration'] == manifest['assets']['integration']['source_type_name']
+    assert service_check['statuses'] == ['ok', 'warning', 'critical']
+    assert service_check['groups'] == ['host', 'openai_account']
+
+
+# -- the built distributions ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def dists(tmp_path_factory):
+    pytest.importorskip('build', reason='`build` is in requirements-dev.txt')
+    pytest.importorskip('hatchling', reason='`hatchling` is in requirements-dev.txt')
+    if not (ROOT / 'README.md').is_file():
+        pytest.skip('pyproject.toml names README.md as the long description, and it does not exist yet')
+    out = tmp_path_factory.mktemp('dist')
+    # The sdist first, then the wheel built from it, as `python -m build` does: both must be complete.
+    proc = subprocess.run(
+        [sys.executable, '-m', 'build', '--no-isolation', '--outdir', str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (wheel,) = out.glob('*.whl')
+    (sdist,) = out.glob('*.tar.gz')
+    return wheel, sdist
+
+
+def test_wheel_holds_the_check_and_its_example_config_only(dists):
+    wheel, _ = dists
+    assert wheel.name == f'datadog_openai-{__version__}-py3-none-any.whl'
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        metadata = z.read(f'datadog_openai-{__version__}.dist-info/METADATA').decode()
+    assert 'datadog_checks/openai/data/conf.yaml.example' in names
+    assert 'datadog_checks/openai/__init__.py' in names
+    assert 'datadog_checks/openai/config_models/instance.py' in names
+    assert not [n for n in names if n.startswith('tests/') or '/tests/' in n]
+    # The namespace package belongs to datadog-checks-base; shipping it would overwrite the Agent's copy.
+    assert 'datadog_checks/__init__.py' not in names
+    assert not [n for n in names if not n.startswith(('datadog_checks/openai/', 'datadog_openai-'))]
+    assert 'Requires-Python: >=3.12' in metadata
+    assert re.search(r'^Requires-Dist: datadog-checks-base>=37\.0\.0$', metadata, re.M)
+
+
+def test_sdist_leaves_the_tests_out(dists):
+    _, sdist = dists
+    with tarfile.open(sdist) as t:
+        names = [n.split('/', 1)[1] for n in t.getnames() if '/' in n]
+    assert 'datadog_checks/openai/data/conf.yaml.example' in names
+    assert 'pyproject.toml' in names
+    assert not [n for n in names if n.startswith('tests/')]
