@@ -1,0 +1,189 @@
+"""What the check sends and says: tags, names, health, and a message for every way it can go wrong."""
+
+import socket
+
+import pytest
+
+from datadog_checks.base import AgentCheck
+from datadog_checks.dev.utils import get_metadata_metrics
+from datadog_checks.openai.catalogue import all_metrics
+
+from .test_assets import queried_metrics
+
+H = 3600
+
+
+def warm(check, clock, dd_run_check, runs=3, step=300):
+    for _ in range(runs):
+        dd_run_check(check)
+        clock.advance(step)
+
+
+def tags_of(aggregator, metric):
+    return [dict(t.split(':', 1) for t in m.tags) for m in aggregator.metrics(metric)]
+
+
+def only_status(aggregator):
+    return aggregator.service_checks('openai.can_connect')[-1]
+
+
+def test_metrics_match_the_catalogue_metadata_and_the_assets(org, clock, sim, make_check, dd_run_check, aggregator):
+    check = make_check(group_by={'costs': ['project_id', 'line_item']})
+    clock.advance(30 * H)  # history for the first run to baseline, then growth to submit
+    warm(check, clock, dd_run_check, runs=6)
+    sim.faults.add('completions', 429, retry_after=1)
+    dd_run_check(check)
+    aggregator.assert_metrics_using_metadata(get_metadata_metrics(), check_submission_type=True)
+    submitted = set(aggregator.metric_names)
+    catalogue = {m.name for m in all_metrics()}
+    assert submitted == catalogue, f'never submitted: {catalogue - submitted}; not in catalogue: {submitted - catalogue}'
+    missing = queried_metrics() - submitted
+    assert not missing, f'dashboards or monitors query metrics the check never sends: {missing}'
+
+
+def test_series_carry_ids_names_and_no_null_dimensions(org, clock, sim, make_check, dd_run_check, aggregator):
+    check = make_check(tags=['team:ml'])
+    clock.advance(30 * H)
+    warm(check, clock, dd_run_check)
+    rows = tags_of(aggregator, 'openai.api.usage.completions.input_tokens')
+    assert rows
+    names = {p.id: p.name for p in org.projects}
+    for tags in rows:
+        assert tags['openai_account'] == 'test' and tags['team'] == 'ml'
+        assert 'none' not in tags.values() and '' not in tags.values()
+        if 'project_id' in tags:
+            assert tags['project_name'] == names[tags['project_id']]
+        assert 'user_email' not in tags  # personal data: off unless asked for
+        assert tags.get('batch') in (None, 'true', 'false')
+    assert any('api_key_name' in t for t in rows)
+    # The archived project's usage still gets its name.
+    archived = {p.id for p in org.projects if p.archived_at}
+    assert any(t.get('project_id') in archived and t.get('project_name') for t in rows)
+
+
+def test_user_emails_on_request(org, clock, sim, make_check, dd_run_check, aggregator):
+    check = make_check(resolve_user_emails=True, usage_endpoints=['completions'], collect_costs=False)
+    clock.advance(30 * H)
+    warm(check, clock, dd_run_check)
+    emails = {u.id: u.email for u in org.users}
+    rows = [t for t in tags_of(aggregator, 'openai.api.usage.completions.input_tokens') if t.get('user_id')]
+    assert rows and all(t['user_email'] == emails[t['user_id']] for t in rows)
+
+
+def test_a_project_key_is_rejected_with_what_to_do(sim, make_check, dd_run_check, aggregator):
+    # Only the live API can tell a non-admin key of an unknown shape; the message must say what to do.
+    check = make_check(admin_api_key='sk-a-user-key-not-admin')
+    dd_run_check(check)
+    sc = only_status(aggregator)
+    assert sc.status == AgentCheck.CRITICAL
+    assert 'organization admin key' in sc.message and 'admin-keys' in sc.message
+    assert 'sk-a-user-key-not-admin' not in sc.message
+    aggregator.assert_metric('openai.check.can_connect', 0)
+    # A rejected key stops the run at the first endpoint instead of hammering the rest.
+    assert len([r for r in sim.requests if r.status == 401]) <= 2
+
+
+def test_a_key_without_the_usage_scope_gets_403_and_the_same_advice(sim, make_check, dd_run_check, aggregator):
+    sim.faults.add('usage', 403, count=None)
+    sim.faults.add('costs', 403, count=None)
+    check = make_check(resolve_project_names=False, resolve_api_key_names=False)
+    dd_run_check(check)
+    sc = only_status(aggregator)
+    assert sc.status == AgentCheck.CRITICAL and '403' in sc.message and 'admin key' in sc.message
+
+
+def test_unreachable_api_is_critical_with_a_network_message(make_check, dd_run_check, aggregator):
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    check = make_check(api_base_url=f'http://127.0.0.1:{port}/v1', max_retries=1)
+    dd_run_check(check)
+    sc = only_status(aggregator)
+    assert sc.status == AgentCheck.CRITICAL
+    assert 'Cannot reach' in sc.message and 'proxy' in sc.message
+
+
+@pytest.mark.parametrize(
+    'fault, options, expected',
+    [
+        ('non_json', {'status': 200}, 'not JSON'),
+        ('non_json', {'status': 502}, '502'),
+        ('truncated', {'declared_length': 'sent'}, 'not JSON'),
+        ('truncated', {'declared_length': 'full'}, 'cut off'),
+        ('empty_body', {}, 'not JSON'),
+        (500, {}, '500'),
+        ('timeout', {'delay': 3}, 'did not answer'),
+    ],
+)
+def test_bad_responses_get_a_message_and_spare_the_other_endpoints(
+    fault, options, expected, clock, sim, make_check, dd_run_check, aggregator
+):
+    sim.faults.add('embeddings', fault, count=None, **options)
+    check = make_check(max_retries=1, timeout=1)
+    dd_run_check(check)
+    sc = only_status(aggregator)
+    assert sc.status == AgentCheck.WARNING
+    assert 'embeddings' in sc.message and expected in sc.message
+    assert any(expected in w for w in check.warnings)
+    # Every other endpoint was read.
+    read = {r.endpoint for r in sim.requests if r.status == 200 and not r.fault}
+    assert {'completions', 'moderations', 'costs'} <= read
+    aggregator.assert_metric('openai.check.api.retries', tags=['openai_account:test', 'endpoint:embeddings', f'reason:{_reason(fault, options)}'])
+
+
+def _reason(fault, options):
+    if fault == 'timeout':
+        return 'network'
+    if fault == 500 or options.get('status') == 502:
+        return 'server_error'
+    return 'bad_response'
+
+
+def test_retry_after_is_honoured_within_the_time_budget(clock, sim, make_check, dd_run_check, aggregator):
+    sim.faults.add('completions', 429, count=2, retry_after=7)
+    check = make_check(usage_endpoints=['completions'], collect_costs=False)
+    started = clock.now()
+    dd_run_check(check)
+    times = [r.time for r in sim.requests_to('completions')]
+    assert len(times) == 3
+    assert times[1] - times[0] == pytest.approx(7) and times[2] - times[1] == pytest.approx(7)
+    assert clock.now() - started == pytest.approx(14)
+    sc = only_status(aggregator)
+    assert sc.status == AgentCheck.WARNING and 'rate limited' in sc.message
+
+
+def test_a_wait_beyond_the_budget_is_not_taken(clock, sim, make_check, dd_run_check, aggregator):
+    sim.faults.add('completions', 429, count=None, retry_after=3600)
+    check = make_check(usage_endpoints=['completions', 'embeddings'], collect_costs=False)
+    started = clock.now()
+    dd_run_check(check)
+    assert clock.now() - started < 240
+    sc = only_status(aggregator)
+    assert sc.status == AgentCheck.WARNING and 'exceeds what is left of the run\'s time budget' in sc.message
+    assert sim.requests_to('embeddings')[-1].status == 200
+
+
+def test_health_metrics_describe_the_run(clock, sim, make_check, dd_run_check, aggregator):
+    check = make_check(usage_endpoints=['completions'])
+    warm(check, clock, dd_run_check, runs=2)
+    base = ['openai_account:test']
+    aggregator.assert_metric('openai.check.can_connect', 1, tags=base)
+    aggregator.assert_metric('openai.check.api.requests', tags=base + ['endpoint:completions', 'status_code:200'])
+    aggregator.assert_metric('openai.check.data_lag', 0, tags=base + ['endpoint:completions'])
+    aggregator.assert_metric('openai.check.run.duration', tags=base)
+    aggregator.assert_service_check('openai.can_connect', AgentCheck.OK, tags=base)
+    # During an outage the lag grows by the time since the last complete read.
+    sim.faults.add('completions', 503, count=None)
+    aggregator.reset()
+    dd_run_check(check)
+    aggregator.assert_metric('openai.check.data_lag', 300, tags=base + ['endpoint:completions'])
+
+
+def test_unreadable_state_starts_a_new_baseline_with_a_warning(clock, sim, make_check, dd_run_check, state, aggregator):
+    check = make_check(usage_endpoints=['completions'], collect_costs=False)
+    dd_run_check(check)
+    for key in list(state):
+        state[key] = '{"not": "a ledger"'
+    clock.advance(300)
+    dd_run_check(check)
+    assert any('saved state is unreadable' in w for w in check.warnings)

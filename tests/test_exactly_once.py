@@ -1,0 +1,193 @@
+"""The proof: what the check submits over many runs sums to what OpenAI reports, series by series.
+
+Every scenario runs the real check against the API simulator (HTTP on localhost) on a simulated
+clock, with OpenAI's late revisions, and compares the sum of every count the check submitted with
+the simulator's own figures for every series of every endpoint.
+"""
+
+import pytest
+
+from datadog_checks.base import AgentCheck
+from datadog_checks.openai.catalogue import ENDPOINTS_BY_NAME, USAGE_ENDPOINTS
+from datadog_checks.openai.collector import floor_to
+
+from .conftest import assert_same_totals, reported_totals, submitted_totals
+
+H = 3600
+ALL = USAGE_ENDPOINTS + ('costs',)
+
+
+def run(check, dd_run_check):
+    dd_run_check(check)
+
+
+def expected_for(org, check, name, t, start=None):
+    group_by = check.settings.group_by[name]
+    return reported_totals(org, name, group_by, start or org.traffic_start, int(t) + 86400, t)
+
+
+def assert_exact(org, check, t, endpoints=ALL, baseline_growth=None):
+    for name in endpoints:
+        group_by = check.settings.group_by[name]
+        if ENDPOINTS_BY_NAME[name].levels and not ENDPOINTS_BY_NAME[name].flows:
+            continue
+        expected = expected_for(org, check, name, t)
+        if baseline_growth:
+            for key, fields in baseline_growth.get(name, {}).items():
+                for f, v in fields.items():
+                    expected[key][f] -= v
+        assert_same_totals(submitted_totals(name, group_by), expected, name)
+
+
+def test_every_series_sums_to_openai_figures_over_a_day_of_runs(org, clock, sim, make_check, dd_run_check):
+    check = make_check()
+    for _ in range(12 * 26):  # every 5 minutes for 26 hours: buckets grow, close, and keep growing
+        dd_run_check(check)
+        clock.advance(300)
+    dd_run_check(check)
+    assert_exact(org, check, clock.now())
+    assert not sim.validation_errors
+
+
+def test_costs_revised_for_days_sum_to_the_invoice_figures(org, clock, sim, make_check, dd_run_check, aggregator):
+    check = make_check(usage_endpoints=['completions'])
+    for _ in range(2 * 24 * 4):  # every 30 minutes for four days: each day's cost changes for 36 h
+        dd_run_check(check)
+        clock.advance(1800)
+    dd_run_check(check)
+    assert_exact(org, check, clock.now(), endpoints=('costs', 'completions'))
+    # Month to date is OpenAI's own month figure.
+    now = clock.now()
+    month = reported_totals(org, 'costs', (), org.traffic_start, int(now) + 86400, now)
+    [(_, fields)] = month.items()
+    last = aggregator.metrics('openai.api.costs.month_to_date')[-1]
+    assert last.value == pytest.approx(fields['amount'])
+    assert 'currency:usd' in last.tags
+
+
+def test_restarts_rate_limit_storms_errors_and_outages_neither_lose_nor_duplicate(
+    org, clock, sim, make_check, dd_run_check, aggregator
+):
+    check = make_check()
+    for i in range(12 * 20):
+        if i % 17 == 0:
+            check = make_check()  # an Agent restart: the state comes back from the persistent cache
+        if i % 11 == 3:
+            sim.faults.add('completions', 429, count=3, retry_after=20)
+        if i % 13 == 5:
+            sim.faults.add('usage', 503, count=2)
+        if i % 19 == 7:
+            sim.faults.add('embeddings', 'truncated', declared_length='sent')
+            sim.faults.add('images', 'non_json')
+        if i % 23 == 9:
+            # A rate-limit storm: Retry-After longer than the run's budget; the run gives up cleanly.
+            sim.faults.add('completions', 429, count=None, retry_after=600)
+        if i % 23 == 10:
+            sim.faults.clear()
+        if 100 <= i < 136:
+            # Three hours when OpenAI cannot be reached at all.
+            sim.faults.add('organization', 'disconnect', count=None)
+        if i == 136:
+            sim.faults.clear()
+        dd_run_check(check)
+        clock.advance(300)
+    # The scenario did hit every fault it meant to.
+    faults = {r.fault for r in sim.requests if r.fault}
+    assert {'status', 'truncated', 'non_json', 'disconnect'} <= faults, faults
+    assert {429, 503} <= {r.status for r in sim.requests}
+    statuses = {sc.status for sc in aggregator.service_checks('openai.can_connect')}
+    assert {AgentCheck.OK, AgentCheck.WARNING, AgentCheck.CRITICAL} <= statuses
+    sim.faults.clear()
+    for _ in range(12):
+        dd_run_check(check)
+        clock.advance(300)
+    dd_run_check(check)
+    assert_exact(org, check, clock.now())
+
+
+def test_lost_state_records_a_new_baseline_and_never_duplicates(org, clock, sim, make_check, dd_run_check, state):
+    check = make_check()
+    for _ in range(12 * 10):
+        dd_run_check(check)
+        clock.advance(300)
+    t_prev = clock.now() - 300
+    # The cluster check moves to a runner without the state: only what grows after the new baseline
+    # may be submitted, and nothing submitted before may be submitted again.
+    state.clear()
+    check = make_check()
+    t1 = clock.now()
+    dd_run_check(check)
+    for _ in range(12 * 4):
+        clock.advance(300)
+        dd_run_check(check)
+    t_final = clock.now()
+    for name in ALL:
+        if not ENDPOINTS_BY_NAME[name].flows:
+            continue
+        width = 86400 if name == 'costs' else H
+        group_by = check.settings.group_by[name]
+        if name == 'costs':
+            w1 = min(_month(t1), floor_to(t1 - 3 * 86400, width))
+        else:
+            w1 = floor_to(t1 - 6 * H, width)
+        far = int(t_final) + 86400
+        before = reported_totals(org, name, group_by, org.traffic_start, far, t_prev)
+        after = reported_totals(org, name, group_by, w1, far, t_final)
+        at_baseline = reported_totals(org, name, group_by, w1, far, t1)
+        expected = before
+        for source, sign in ((after, 1), (at_baseline, -1)):
+            for key, fields in source.items():
+                for f, v in fields.items():
+                    expected[key][f] += sign * v
+        # Buckets before the new baseline's window had settled before the state was lost.
+        assert_same_totals(submitted_totals(name, group_by), expected, name)
+
+
+def _month(t):
+    from datadog_checks.openai.collector import month_start
+
+    return month_start(t)
+
+
+def test_an_outage_longer_than_the_catch_up_bound_warns_and_skips_the_gap(
+    org, clock, sim, make_check, dd_run_check
+):
+    check = make_check(max_catch_up_hours=12, usage_endpoints=['completions'], collect_costs=False)
+    dd_run_check(check)
+    clock.advance(30 * H)
+    dd_run_check(check)
+    assert any('was not collected' in w and 'max_catch_up_hours' in w for w in check.warnings)
+    # What was submitted is exactly the catch-up window's usage: nothing before it, nothing twice.
+    now = clock.now()
+    start = floor_to(now - 12 * H, H)
+    group_by = check.settings.group_by['completions']
+    expected = reported_totals(org, 'completions', group_by, start, int(now) + H, now)
+    assert_same_totals(submitted_totals('completions', group_by), expected, 'completions')
+
+
+def test_a_steady_run_makes_the_fewest_requests_the_api_allows(org, clock, sim, make_check, dd_run_check):
+    check = make_check()
+    dd_run_check(check)
+    clock.advance(300)
+    sim.clear_log()
+    dd_run_check(check)
+    usage = [r for r in sim.requests if '/usage/' in r.path or r.path.endswith('/costs')]
+    # One request per endpoint: the 6 h window of hourly buckets fits one page of the largest limit.
+    assert len(usage) == len(ALL)
+    for r in usage:
+        width = r.param('bucket_width')
+        assert int(r.param('limit')) == ENDPOINTS_BY_NAME[r.path.rsplit('/', 1)[-1]].max_limit[width]
+        assert int(r.param('start_time')) % (86400 if width == '1d' else H) == 0
+    assert not sim.validation_errors
+
+
+def test_costs_group_by_api_key_is_degraded_once_with_a_warning(org, clock, sim, make_check, dd_run_check, aggregator):
+    check = make_check(group_by={'costs': ['project_id', 'api_key_id']}, usage_endpoints=[])
+    dd_run_check(check)
+    assert any('refused group_by api_key_id for costs' in w for w in check.warnings)
+    clock.advance(300)
+    sim.clear_log()
+    dd_run_check(check)
+    [request] = sim.requests_to('costs')
+    assert request.query.get('group_by') == ['project_id']
+    aggregator.assert_service_check('openai.can_connect', AgentCheck.OK)
