@@ -69,8 +69,10 @@ class StateDir:
 
     def __init__(self, path: str, reset: bool):
         self.file = Path(path) / 'persistent_cache.json'
-        if reset and self.file.exists():
-            self.file.unlink()
+        if reset:
+            for f in (self.file, self.clock_file):
+                if f.exists():
+                    f.unlink()
 
     def load(self):
         datadog_agent._cache.clear()
@@ -83,14 +85,28 @@ class StateDir:
         tmp.write_text(json.dumps(datadog_agent._cache))
         tmp.replace(self.file)
 
+    # The simulator's clock goes on from where the previous demo left it: starting it again from the
+    # beginning would show the check an organization whose past usage shrank.
+    @property
+    def clock_file(self) -> Path:
+        return self.file.with_name('simulator_clock.json')
 
-def start_simulator(interval: float):
+    def simulated_time(self) -> float | None:
+        return json.loads(self.clock_file.read_text())['now'] if self.clock_file.exists() else None
+
+    def save_simulated_time(self, now: float) -> None:
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        self.clock_file.write_text(json.dumps({'now': now}))
+
+
+def start_simulator(state: StateDir, interval: float):
     from tests.simulator import Clock, Organization, SimulatorServer
 
-    # Start the demo a day and a half into the organization's life so the first run has history to
-    # baseline and the costs month has a few days.
+    # A first demo starts a day and a half into the organization's life, so the first run has history
+    # to baseline and the costs month has a few days.
     org = Organization()
-    clock = Clock(org.traffic_start + 36 * 3600)
+    resumed = state.simulated_time()
+    clock = Clock(resumed + interval if resumed else org.traffic_start + 36 * 3600)
     server = SimulatorServer(org, clock, admin_key=DEMO_KEY)
     base_url = server.start()
     return server, clock, base_url
@@ -155,7 +171,7 @@ def main(argv=None) -> int:
         i.get('admin_api_key') or i.get('auth_token') for i in config['instances']
     )
     if needs_simulator:
-        server, clock, base_url = start_simulator(args.interval)
+        server, clock, base_url = start_simulator(state, args.interval)
         for instance in config['instances']:
             instance.update({'admin_api_key': DEMO_KEY, 'api_base_url': base_url})
         sys.stderr.write(f'No admin key given: running against the OpenAI API simulator at {base_url}\n')
@@ -183,6 +199,8 @@ def main(argv=None) -> int:
                 run = collect_run()
                 runs.append(run)
                 state.save()
+                if clock is not None:
+                    state.save_simulated_time(clock.now())
             shown = runs if args.all_runs else runs[-1:]
             for n, run in enumerate(shown, start=len(runs) - len(shown) + 1):
                 report.append({'account': account, 'run': n, **run})
