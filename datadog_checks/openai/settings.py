@@ -36,6 +36,7 @@ class Settings:
     resolve_user_emails: bool
     names_refresh_interval: int
     time_budget: float
+    min_collection_interval: float
     max_retries: int
     tags: tuple[str, ...]
 
@@ -165,6 +166,7 @@ def build_settings(config: Any, instance: Mapping[str, Any]) -> Settings:
         resolve_user_emails=bool(getattr(config, 'resolve_user_emails', False)),
         names_refresh_interval=int(getattr(config, 'names_refresh_interval', 3600)),
         time_budget=time_budget,
+        min_collection_interval=interval,
         max_retries=max_retries,
         tags=tuple(_list(getattr(config, 'tags', None))),
     )
