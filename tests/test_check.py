@@ -187,3 +187,30 @@ def test_unreadable_state_starts_a_new_baseline_with_a_warning(clock, sim, make_
     clock.advance(300)
     dd_run_check(check)
     assert any('saved state is unreadable' in w for w in check.warnings)
+
+
+@pytest.mark.parametrize(
+    'argv, expected',
+    [
+        (['/opt/datadog-agent/bin/agent/agent', 'check', 'openai'], True),
+        (['datadog-agent', '-c', '/etc/datadog-agent', 'check', 'openai', '--json'], True),
+        (['/opt/datadog-agent/bin/agent/agent', 'run', '-p', '/opt/datadog-agent/run/agent.pid'], False),
+        (['/usr/bin/python3', '-m', 'pytest'], False),
+    ],
+)
+def test_the_agent_check_command_is_recognised(argv, expected):
+    from datadog_checks.openai.check import running_under_agent_check_command
+
+    assert running_under_agent_check_command(argv) is expected
+
+
+def test_under_agent_check_the_state_is_read_but_never_saved(clock, sim, make_check, dd_run_check, state, aggregator):
+    agent = make_check(usage_endpoints=['completions'], collect_costs=False)
+    dd_run_check(agent)
+    saved = dict(state)
+    clock.advance(3 * H)
+    cli = make_check(usage_endpoints=['completions'], collect_costs=False)
+    cli.save_state = False
+    dd_run_check(cli)
+    assert aggregator.metrics('openai.api.usage.completions.input_tokens')  # it shows what it would send
+    assert state == saved  # and leaves the running Agent to send it

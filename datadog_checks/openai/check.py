@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 import time
 
 from datadog_checks.base import AgentCheck
@@ -45,6 +47,9 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         # Group-bys the live API refused, dropped for the life of the check (see catalogue.refused_group_by).
         self.refused_group_by: dict[str, tuple[str, ...]] = {}
         self.last_run_at: float | None = None
+        # `agent check openai` shares the running Agent's state but sends nothing: saving the state
+        # there would mark as submitted usage that never reached Datadog.
+        self.save_state = not running_under_agent_check_command()
         self.check_initializations.append(self.load_settings)
 
     def persistent_cache_id(self) -> str:
@@ -167,7 +172,8 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             )
         try:
             state = result.ledger.dumps()
-            self.write_persistent_cache(f'ledger_{name}', state)
+            if self.save_state:
+                self.write_persistent_cache(f'ledger_{name}', state)
         except Exception as e:
             self.warning('%s: could not save the state (%s); nothing submitted this run, the next run retries.', name, e)
             return
@@ -254,6 +260,28 @@ class OpenAICheck(AgentCheck, ConfigMixin):
                 parts.append('OpenAI rate limited some requests; the check retried within its time budget')
             return AgentCheck.WARNING, '; '.join(parts)
         return AgentCheck.OK, ''
+
+
+AGENT_FLAGS_WITH_VALUE = ('-c', '--cfgpath', '--extracfgpath', '--sysprobecfgpath', '--fleetcfgpath')
+
+
+def running_under_agent_check_command(argv: list[str] | None = None) -> bool:
+    """True inside `agent check <name>`, whose points go to a no-op forwarder."""
+    if argv is None:
+        try:
+            with open(f'/proc/{os.getpid()}/cmdline', 'rb') as f:
+                argv = [a.decode(errors='replace') for a in f.read().split(b'\0') if a]
+        except OSError:
+            argv = list(sys.argv)
+    if not argv or os.path.basename(argv[0]).lower() not in ('agent', 'agent.exe', 'datadog-agent'):
+        return False
+    args = iter(argv[1:])
+    for arg in args:
+        if arg in AGENT_FLAGS_WITH_VALUE:
+            next(args, None)
+        elif not arg.startswith('-'):
+            return arg == 'check'
+    return False
 
 
 def _iso(t: float) -> str:
