@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import os
 import json
 import re
 from dataclasses import dataclass, field
@@ -813,9 +814,14 @@ def test_readme_sections():
         'Support',
     ]
     assert [h for h in h2 if h in expected] == expected, h2
-    for placeholder in ('Quick start', 'Benchmark'):
-        section = text.split(f'## {placeholder}\n', 1)[1].split('\n## ', 1)[0]
-        assert section.strip() == '<!-- filled by the lead -->', placeholder
+    quick_start = text.split('## Quick start\n', 1)[1].split('\n## ', 1)[0]
+    commands = re.findall(r'^(scripts/\S+)', quick_start.split('```shell', 1)[1].split('```', 1)[0], re.M)
+    # The README's promise: two commands, one for the demo, one for the tests, and CI runs the second.
+    assert commands == ['scripts/demo', 'scripts/test']
+    for command in commands:
+        assert os.access(ROOT / command, os.X_OK), command
+    ci = (ROOT / '.ci' / 'run').read_text()
+    assert re.search(r'^scripts/test\b', ci, re.M)
 
 
 def test_readme_is_ascii():
