@@ -25,12 +25,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
-
 from datadog_checks.base import AgentCheck  # noqa: E402
 from datadog_checks.base.stubs import aggregator, datadog_agent  # noqa: E402
+
 from datadog_checks.openai import OpenAICheck  # noqa: E402
 
-STATUS = {AgentCheck.OK: 'OK', AgentCheck.WARNING: 'WARNING', AgentCheck.CRITICAL: 'CRITICAL', AgentCheck.UNKNOWN: 'UNKNOWN'}
+STATUS = {
+    AgentCheck.OK: 'OK',
+    AgentCheck.WARNING: 'WARNING',
+    AgentCheck.CRITICAL: 'CRITICAL',
+    AgentCheck.UNKNOWN: 'UNKNOWN',
+}
 DEMO_KEY = 'sk-admin-demo-simulator'
 
 
@@ -125,7 +130,14 @@ def collect_run() -> dict:
             else:
                 per_context[context] += m.value
         for (metric, tags), value in per_context.items():
-            metrics.append({'metric': metric, 'type': aggregator.METRIC_ENUM_MAP_REV[types[(metric, tags)]], 'value': value, 'tags': list(tags)})
+            metrics.append(
+                {
+                    'metric': metric,
+                    'type': aggregator.METRIC_ENUM_MAP_REV[types[(metric, tags)]],
+                    'value': value,
+                    'tags': list(tags),
+                }
+            )
     checks = [
         {'check': name, 'status': STATUS.get(sc.status, sc.status), 'tags': sc.tags, 'message': sc.message}
         for name, scs in aggregator._service_checks.items()

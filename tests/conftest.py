@@ -1,9 +1,9 @@
 from collections import defaultdict
 
 import pytest
-
 from datadog_checks.base.stubs import aggregator as _aggregator
 from datadog_checks.base.stubs import datadog_agent as _datadog_agent
+
 from datadog_checks.openai import OpenAICheck
 from datadog_checks.openai.catalogue import COSTS, ENDPOINTS_BY_NAME, FLOW
 from datadog_checks.openai.collector import SEP, _encode

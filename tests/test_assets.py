@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import ast
 import csv
-import os
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -3,9 +3,9 @@
 import socket
 
 import pytest
-
 from datadog_checks.base import AgentCheck
 from datadog_checks.dev.utils import get_metadata_metrics
+
 from datadog_checks.openai.catalogue import all_metrics
 
 from .test_assets import queried_metrics
@@ -36,7 +36,9 @@ def test_metrics_match_the_catalogue_metadata_and_the_assets(org, clock, sim, ma
     aggregator.assert_metrics_using_metadata(get_metadata_metrics(), check_submission_type=True)
     submitted = set(aggregator.metric_names)
     catalogue = {m.name for m in all_metrics()}
-    assert submitted == catalogue, f'never submitted: {catalogue - submitted}; not in catalogue: {submitted - catalogue}'
+    assert submitted == catalogue, (
+        f'never submitted: {catalogue - submitted}; not in catalogue: {submitted - catalogue}'
+    )
     missing = queried_metrics() - submitted
     assert not missing, f'dashboards or monitors query metrics the check never sends: {missing}'
 
@@ -128,7 +130,10 @@ def test_bad_responses_get_a_message_and_spare_the_other_endpoints(
     # Every other endpoint was read.
     read = {r.endpoint for r in sim.requests if r.status == 200 and not r.fault}
     assert {'completions', 'moderations', 'costs'} <= read
-    aggregator.assert_metric('openai.check.api.retries', tags=['openai_account:test', 'endpoint:embeddings', f'reason:{_reason(fault, options)}'])
+    aggregator.assert_metric(
+        'openai.check.api.retries',
+        tags=['openai_account:test', 'endpoint:embeddings', f'reason:{_reason(fault, options)}'],
+    )
 
 
 def _reason(fault, options):

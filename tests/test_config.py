@@ -1,8 +1,8 @@
 """Bad configuration fails at load time, with one clear message per problem."""
 
 import pytest
-
 from datadog_checks.base import ConfigurationError
+
 from datadog_checks.openai import OpenAICheck
 from datadog_checks.openai.catalogue import ENDPOINTS_BY_NAME, USAGE_ENDPOINTS
 

@@ -6,8 +6,8 @@ the simulator's own figures for every series of every endpoint.
 """
 
 import pytest
-
 from datadog_checks.base import AgentCheck
+
 from datadog_checks.openai.catalogue import ENDPOINTS_BY_NAME, USAGE_ENDPOINTS
 from datadog_checks.openai.collector import floor_to
 
@@ -149,9 +149,7 @@ def _month(t):
     return month_start(t)
 
 
-def test_an_outage_longer_than_the_catch_up_bound_warns_and_skips_the_gap(
-    org, clock, sim, make_check, dd_run_check
-):
+def test_an_outage_longer_than_the_catch_up_bound_warns_and_skips_the_gap(org, clock, sim, make_check, dd_run_check):
     check = make_check(max_catch_up_hours=12, usage_endpoints=['completions'], collect_costs=False)
     dd_run_check(check)
     clock.advance(30 * H)

@@ -76,7 +76,9 @@ def test_first_run_records_a_baseline_and_submits_nothing():
 def test_only_the_growth_of_a_revised_bucket_is_submitted():
     c = completions()
     ledger = c.run(PagesClient([bucket(T0, row('gpt-4o', 100, 10))]), None, T0 + 600).ledger
-    result = c.run(PagesClient([bucket(T0, row('gpt-4o', 250, 10)), bucket(T0 + H, row('gpt-4o', 7, 3))]), ledger, T0 + H + 60)
+    result = c.run(
+        PagesClient([bucket(T0, row('gpt-4o', 250, 10)), bucket(T0 + H, row('gpt-4o', 7, 3))]), ledger, T0 + H + 60
+    )
     got = totals(result.counts)
     assert got[(IN, 'gpt-4o')] == 150 + 7
     assert got[(OUT, 'gpt-4o')] == 3

@@ -264,10 +264,18 @@ PROJECT_MONTH_TO_DATE = Metric(
     orientation=-1,
 )
 
-CAN_CONNECT = _health('can_connect', 'gauge', '', '1 when the last run reached OpenAI with a valid admin key, else 0.', 1)
-API_REQUESTS = _health('api.requests', 'count', 'request', 'Requests sent to the OpenAI API, by endpoint and status_code.')
-API_LATENCY = _health('api.latency', 'gauge', 'second', 'Mean response time of the API requests of the run, by endpoint.', -1)
-API_RETRIES = _health('api.retries', 'count', 'attempt', 'Requests retried after a 429, a 5xx or a timeout, by endpoint and reason.', -1)
+CAN_CONNECT = _health(
+    'can_connect', 'gauge', '', '1 when the last run reached OpenAI with a valid admin key, else 0.', 1
+)
+API_REQUESTS = _health(
+    'api.requests', 'count', 'request', 'Requests sent to the OpenAI API, by endpoint and status_code.'
+)
+API_LATENCY = _health(
+    'api.latency', 'gauge', 'second', 'Mean response time of the API requests of the run, by endpoint.', -1
+)
+API_RETRIES = _health(
+    'api.retries', 'count', 'attempt', 'Requests retried after a 429, a 5xx or a timeout, by endpoint and reason.', -1
+)
 DATA_LAG = _health(
     'data_lag',
     'gauge',

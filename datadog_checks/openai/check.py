@@ -25,8 +25,8 @@ from .catalogue import (
     STATE_SIZE,
 )
 from .client import AuthError, OpenAIClient, RequestRefused, TimeBudget
-from .config_models import ConfigMixin
 from .collector import SEP, EndpointCollector, EndpointResult
+from .config_models import ConfigMixin
 from .ledger import Ledger
 from .names import NameResolver
 from .settings import build_settings
@@ -107,7 +107,9 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         """
         interval = self.settings.min_collection_interval
         if self.last_run_at is not None and now - self.last_run_at < 0.9 * interval:
-            self.log.debug('Skipping this run: the previous one was %.0fs ago (interval %ss)', now - self.last_run_at, interval)
+            self.log.debug(
+                'Skipping this run: the previous one was %.0fs ago (interval %ss)', now - self.last_run_at, interval
+            )
             return True
         self.last_run_at = now
         return False
@@ -175,7 +177,9 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             if self.save_state:
                 self.write_persistent_cache(f'ledger_{name}', state)
         except Exception as e:
-            self.warning('%s: could not save the state (%s); nothing submitted this run, the next run retries.', name, e)
+            self.warning(
+                '%s: could not save the state (%s); nothing submitted this run, the next run retries.', name, e
+            )
             return
         self.gauge(STATE_SIZE.name, len(state), tags=self.base_tags + [f'endpoint:{name}'])
         self.gauge(SERIES.name, result.ledger.distinct_series, tags=self.base_tags + [f'endpoint:{name}'])
@@ -239,7 +243,9 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         for result in results:
             if result.ledger.read_at and not (result.window.baseline and not result.complete):
                 self.gauge(
-                    DATA_LAG.name, max(0.0, now - result.ledger.read_at), tags=tags + [f'endpoint:{result.endpoint.name}']
+                    DATA_LAG.name,
+                    max(0.0, now - result.ledger.read_at),
+                    tags=tags + [f'endpoint:{result.endpoint.name}'],
                 )
 
         status, message = self.connection_status(results, stats.rate_limited)

@@ -186,7 +186,9 @@ class EndpointCollector:
         this_month = month_start(now)
         levels_seen: dict[str, tuple[int, list]] = {}
         try:
-            for buckets in client.iter_buckets_pages(self.endpoint.path, self.params(window.read_start), self.endpoint.name):
+            for buckets in client.iter_buckets_pages(
+                self.endpoint.path, self.params(window.read_start), self.endpoint.name
+            ):
                 for bucket in buckets:
                     if not isinstance(bucket, dict) or not isinstance(bucket.get('results'), list):
                         raise BadResponse(
@@ -201,7 +203,9 @@ class EndpointCollector:
                     results = bucket['results']
                     result.rows += len(results)
                     if results:
-                        result.newest_bucket = start if result.newest_bucket is None else max(result.newest_bucket, start)
+                        result.newest_bucket = (
+                            start if result.newest_bucket is None else max(result.newest_bucket, start)
+                        )
                     if self.flows:
                         self._diff_bucket(result, start, results, window.baseline, start >= this_month)
                     if self.levels and results:
@@ -260,4 +264,3 @@ class EndpointCollector:
             if self.month_dim is not None:
                 pk = (currency, parts[self.month_dim])
                 result.project_month_totals[pk] = result.project_month_totals.get(pk, 0.0) + amount
-

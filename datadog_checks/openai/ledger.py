@@ -73,9 +73,7 @@ class Ledger:
         if data.get('v') != FORMAT_VERSION:
             raise ValueError(f'unknown ledger format {data.get("v")!r}')
         table = data['series']
-        buckets = {
-            int(start): {table[row[0]]: row[1:] for row in rows} for start, rows in data['buckets'].items()
-        }
+        buckets = {int(start): {table[row[0]]: row[1:] for row in rows} for start, rows in data['buckets'].items()}
         return cls(data['shape'], int(data['horizon']), float(data['read_at']), buckets)
 
 

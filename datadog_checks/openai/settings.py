@@ -75,7 +75,9 @@ def build_settings(config: Any, instance: Mapping[str, Any]) -> Settings:
 
     api_base_url = (getattr(config, 'api_base_url', None) or '').rstrip('/')
     if not api_base_url.startswith(('http://', 'https://')):
-        problems.append(f'`api_base_url` must be an http(s) URL such as https://api.openai.com/v1, not {api_base_url!r}.')
+        problems.append(
+            f'`api_base_url` must be an http(s) URL such as https://api.openai.com/v1, not {api_base_url!r}.'
+        )
 
     usage_endpoints = _list(getattr(config, 'usage_endpoints', None))
     unknown = [e for e in usage_endpoints if e not in USAGE_ENDPOINTS]
@@ -93,9 +95,7 @@ def build_settings(config: Any, instance: Mapping[str, Any]) -> Settings:
     for name, dims in dict(configured_group_by).items():
         endpoint = ENDPOINTS_BY_NAME.get(name)
         if endpoint is None:
-            problems.append(
-                f'`group_by` names an unknown endpoint {name!r}; allowed: {", ".join(ENDPOINTS_BY_NAME)}.'
-            )
+            problems.append(f'`group_by` names an unknown endpoint {name!r}; allowed: {", ".join(ENDPOINTS_BY_NAME)}.')
             continue
         dims = _list(dims)
         bad = [d for d in dims if d not in endpoint.group_by]

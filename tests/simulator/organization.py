@@ -108,10 +108,30 @@ CHAT_MODELS = (
     ChatModel('o3-2025-04-16', 1, 2600, 2400, 0.3, 0.02, tiers=('default', 'flex'), prices=(2000, 500, 8000)),
     ChatModel('o4-mini-2025-04-16', 1.5, 1900, 1800, 0.35, 0.01, tiers=('default', 'flex'), prices=(1100, 275, 4400)),
     ChatModel('gpt-5-2025-08-07', 1.5, 2800, 1600, 0.45, 0.02, 0, 0.05, 0, 0.04, prices=(1250, 125, 10000)),
-    ChatModel('gpt-4o-realtime-preview-2024-12-17', 0.5, 900, 700, 0.2, audio_in=0.75, audio_out=0.85, batch=False,
-              tiers=('default',), prices=(5000, 2500, 20000)),
-    ChatModel('gpt-4o-audio-preview-2024-12-17', 0.5, 700, 500, 0.1, audio_in=0.6, audio_out=0.7, batch=False,
-              tiers=('default',), prices=(2500, 1250, 10000)),
+    ChatModel(
+        'gpt-4o-realtime-preview-2024-12-17',
+        0.5,
+        900,
+        700,
+        0.2,
+        audio_in=0.75,
+        audio_out=0.85,
+        batch=False,
+        tiers=('default',),
+        prices=(5000, 2500, 20000),
+    ),
+    ChatModel(
+        'gpt-4o-audio-preview-2024-12-17',
+        0.5,
+        700,
+        500,
+        0.1,
+        audio_in=0.6,
+        audio_out=0.7,
+        batch=False,
+        tiers=('default',),
+        prices=(2500, 1250, 10000),
+    ),
 )
 CHAT_MODELS_BY_NAME = {m.name: m for m in CHAT_MODELS}
 
@@ -126,8 +146,13 @@ MODERATION_MODELS = {'omni-moderation-latest': (3, 250, 0), 'text-moderation-lat
 IMAGE_MODELS = {
     'gpt-image-1': (3, 1, 42_000_000, ('1024x1024',), ('image.generation', 'image.edit')),
     'dall-e-3': (2, 1, 40_000_000, ('1024x1024', '1024x1792'), ('image.generation',)),
-    'dall-e-2': (1, 2, 20_000_000, ('256x256', '512x512', '1024x1024'),
-                 ('image.generation', 'image.edit', 'image.variation')),
+    'dall-e-2': (
+        1,
+        2,
+        20_000_000,
+        ('256x256', '512x512', '1024x1024'),
+        ('image.generation', 'image.edit', 'image.variation'),
+    ),
 }
 SPEECH_MODELS = {'tts-1': (3, 600, 15_000), 'tts-1-hd': (1, 800, 30_000), 'gpt-4o-mini-tts': (2, 500, 12_000)}
 TRANSCRIPTION_MODELS = {
@@ -605,8 +630,18 @@ class Organization:
     def _build_entities(self, n_projects: int, n_users: int, keys_per_project: int) -> None:
         rng = self._rng
         start = self.traffic_start
-        names = ['Production', 'Staging', 'Research', 'Sandbox', 'Legacy chatbot', 'Sandbox', 'Support bot',
-                 'Data pipeline', 'Evals', 'Marketing site']
+        names = [
+            'Production',
+            'Staging',
+            'Research',
+            'Sandbox',
+            'Legacy chatbot',
+            'Sandbox',
+            'Support bot',
+            'Data pipeline',
+            'Evals',
+            'Marketing site',
+        ]
         for i in range(n_projects):
             name = names[i] if i < len(names) else f'team-{i:04d}'
             created = start - rng.randint(30, 400) * DAY - rng.randint(0, DAY)
@@ -614,10 +649,42 @@ class Organization:
             # resolvable (include_archived) for the usage it left behind.
             archived = start + DAY + 6 * HOUR if i == 4 else None
             self._register(self.projects, Project(self._id('proj_'), name, created, archived))
-        first = ['Ada', 'Grace', 'Alan', 'Edsger', 'Barbara', 'Donald', 'Frances', 'John', 'Katherine', 'Ken',
-                 'Margaret', 'Niklaus', 'Radia', 'Tim', 'Vint', 'Whitfield']
-        last = ['Lovelace', 'Hopper', 'Turing', 'Dijkstra', 'Liskov', 'Knuth', 'Allen', 'McCarthy', 'Johnson',
-                'Thompson', 'Hamilton', 'Wirth', 'Perlman', 'Berners-Lee', 'Cerf', 'Diffie']
+        first = [
+            'Ada',
+            'Grace',
+            'Alan',
+            'Edsger',
+            'Barbara',
+            'Donald',
+            'Frances',
+            'John',
+            'Katherine',
+            'Ken',
+            'Margaret',
+            'Niklaus',
+            'Radia',
+            'Tim',
+            'Vint',
+            'Whitfield',
+        ]
+        last = [
+            'Lovelace',
+            'Hopper',
+            'Turing',
+            'Dijkstra',
+            'Liskov',
+            'Knuth',
+            'Allen',
+            'McCarthy',
+            'Johnson',
+            'Thompson',
+            'Hamilton',
+            'Wirth',
+            'Perlman',
+            'Berners-Lee',
+            'Cerf',
+            'Diffie',
+        ]
         for i in range(max(1, n_users)):
             fn, ln = first[i % len(first)], last[(i * 7 + i // len(first)) % len(last)]
             suffix = '' if i < len(first) else str(i)
