@@ -192,3 +192,37 @@ def test_costs_group_by_api_key_is_degraded_once_with_a_warning(org, clock, sim,
     [request] = sim.requests_to('costs')
     assert request.query.get('group_by') == ['project_id']
     aggregator.assert_service_check('openai.can_connect', AgentCheck.OK)
+
+
+def test_a_cluster_check_back_on_a_runner_with_an_old_state_does_not_submit_again(
+    org, clock, sim, make_check, dd_run_check, state
+):
+    # Runner A collects, the Cluster Agent moves the check to runner B (its own state, a baseline,
+    # then B submits the next hour), then back to A, which still holds its old state.
+    runner_a = make_check(empty_default_hostname=True, usage_endpoints=['completions'], collect_costs=False)
+    for _ in range(6):
+        dd_run_check(runner_a)
+        clock.advance(300)
+    a_state = dict(state)
+    state.clear()
+    runner_b = make_check(empty_default_hostname=True, usage_endpoints=['completions'], collect_costs=False)
+    for _ in range(12):
+        dd_run_check(runner_b)
+        clock.advance(300)
+    b_submitted = submitted_totals('completions', runner_b.settings.group_by['completions'])
+    state.clear()
+    state.update(a_state)
+    runner_a = make_check(empty_default_hostname=True, usage_endpoints=['completions'], collect_costs=False)
+    dd_run_check(runner_a)
+    assert any('another runner probably collected the period' in w for w in runner_a.warnings)
+    # A recorded a baseline: nothing that B already submitted was submitted again.
+    assert submitted_totals('completions', runner_a.settings.group_by['completions']) == b_submitted
+
+
+def test_a_node_agent_catches_up_after_an_outage(org, clock, sim, make_check, dd_run_check):
+    check = make_check(usage_endpoints=['completions'], collect_costs=False)
+    dd_run_check(check)
+    clock.advance(5 * H)
+    dd_run_check(check)
+    assert not any('another runner' in w for w in check.warnings)
+    assert_exact(org, check, clock.now(), endpoints=('completions',))

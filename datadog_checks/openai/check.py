@@ -31,6 +31,9 @@ from .ledger import Ledger
 from .names import NameResolver
 from .settings import build_settings
 
+# A cluster check's state older than this many collection intervals is not caught up from.
+STALE_CLUSTER_STATE_RUNS = 3
+
 
 class OpenAICheck(AgentCheck, ConfigMixin):
     __NAMESPACE__ = ''
@@ -142,7 +145,7 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         refused = self.refused_group_by.get(name, ())
         group_by = tuple(d for d in self.settings.group_by[name] if d not in refused)
         collector = EndpointCollector(endpoint, self.settings.width_of(name), group_by, self.settings)
-        return collector.run(client, self.load_ledger(name), now)
+        return collector.run(client, self.load_ledger(name, now), now)
 
     def commit(self, result: EndpointResult, now: float) -> None:
         """Save the ledger, then submit what it records as submitted: never the other way round."""
@@ -202,15 +205,35 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             tags = self.series_tags(('project_id', 'currency'), SEP.join((project_id, currency)))
             self.gauge(PROJECT_MONTH_TO_DATE.name, total, tags=tags)
 
-    def load_ledger(self, name: str) -> Ledger | None:
+    def load_ledger(self, name: str, now: float) -> Ledger | None:
         text = self.read_persistent_cache(f'ledger_{name}')
         if not text:
             return None
         try:
-            return Ledger.loads(text)
+            ledger = Ledger.loads(text)
         except Exception as e:
             self.warning('%s: the saved state is unreadable (%s); recording a new baseline.', name, e)
             return None
+        if (
+            self.is_cluster_check
+            and now - ledger.read_at > STALE_CLUSTER_STATE_RUNS * self.settings.min_collection_interval
+        ):
+            # A cluster check that finds an old state of its own has most likely been on another runner
+            # meanwhile, which submitted that period already: catching up would count it twice.
+            self.warning(
+                '%s: this cluster check\'s saved state is %s old; another runner probably collected the period '
+                'since, so a new baseline is recorded instead of catching up (nothing is counted twice; usage not '
+                'collected by the other runner in that period is not counted).',
+                name,
+                _duration(now - ledger.read_at),
+            )
+            return None
+        return ledger
+
+    @property
+    def is_cluster_check(self) -> bool:
+        # The Cluster Agent injects empty_default_hostname into every cluster check it dispatches.
+        return bool(self.instance.get('empty_default_hostname'))
 
     def series_tags(self, dims: tuple[str, ...], key: str) -> list[str]:
         cache_key = (dims, key)
@@ -288,6 +311,11 @@ def running_under_agent_check_command(argv: list[str] | None = None) -> bool:
         elif not arg.startswith('-'):
             return arg == 'check'
     return False
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f'{minutes // 60}h{minutes % 60:02d}m'
 
 
 def _iso(t: float) -> str:
