@@ -190,6 +190,7 @@ def test_unreadable_state_starts_a_new_baseline_with_a_warning(clock, sim, make_
     for key in list(state):
         state[key] = '{"not": "a ledger"'
     clock.advance(300)
+    check = make_check(usage_endpoints=['completions'], collect_costs=False)  # the state is read at a restart
     dd_run_check(check)
     assert any('saved state is unreadable' in w for w in check.warnings)
 
@@ -219,3 +220,33 @@ def test_under_agent_check_the_state_is_read_but_never_saved(clock, sim, make_ch
     dd_run_check(cli)
     assert aggregator.metrics('openai.api.usage.completions.input_tokens')  # it shows what it would send
     assert state == saved  # and leaves the running Agent to send it
+
+
+def test_an_unexpected_error_skips_one_endpoint_and_loses_nothing(
+    org, clock, sim, make_check, dd_run_check, aggregator, monkeypatch
+):
+    from datadog_checks.openai.collector import EndpointCollector
+
+    from .conftest import assert_same_totals, reported_totals, submitted_totals
+
+    check = make_check(usage_endpoints=['completions', 'embeddings'], collect_costs=False)
+    warm(check, clock, dd_run_check, runs=3)
+    original = EndpointCollector._diff_bucket
+
+    def broken(self, result, start, *args):
+        # Fail half-way through the window, after some buckets were already compared.
+        if self.endpoint.name == 'completions' and start > clock.now() - 3 * H:
+            raise TypeError('a shape nobody foresaw')
+        return original(self, result, start, *args)
+
+    monkeypatch.setattr(EndpointCollector, '_diff_bucket', broken)
+    dd_run_check(check)
+    assert any('completions: unexpected error (TypeError: a shape nobody foresaw)' in w for w in check.warnings)
+    assert sim.requests_to('embeddings')[-1].status == 200
+    assert only_status(aggregator).status == AgentCheck.WARNING
+    monkeypatch.setattr(EndpointCollector, '_diff_bucket', original)
+    warm(check, clock, dd_run_check, runs=3)
+    now = clock.now() - 300
+    group_by = check.settings.group_by['completions']
+    expected = reported_totals(org, 'completions', group_by, org.traffic_start, int(now) + H, now)
+    assert_same_totals(submitted_totals('completions', group_by), expected, 'completions')

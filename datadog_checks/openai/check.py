@@ -50,6 +50,8 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         # Group-bys the live API refused, dropped for the life of the check (see catalogue.refused_group_by).
         self.refused_group_by: dict[str, tuple[str, ...]] = {}
         self.last_run_at: float | None = None
+        # The ledgers as last saved, kept between runs so a run does not parse its own state back.
+        self.ledgers: dict[str, Ledger] = {}
         # `agent check openai` shares the running Agent's state but sends nothing: saving the state
         # there would mark as submitted usage that never reached Datadog.
         self.save_state = not running_under_agent_check_command()
@@ -95,7 +97,20 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         self._tag_cache: dict[tuple, list[str]] = {}
         results = []
         for endpoint in self.settings.endpoints:
-            result = self.collect(endpoint, client, now)
+            try:
+                result = self.collect(endpoint, client, now)
+            except Exception as e:
+                # A bug or a response shape nobody foresaw must not cost the other endpoints their run.
+                self.ledgers.pop(endpoint, None)
+                self.log.debug('Unexpected error collecting %s', endpoint, exc_info=True)
+                self.warning(
+                    '%s: unexpected error (%s: %s); skipped this run, the other endpoints go on. Please report it '
+                    'with the Agent log at debug level.',
+                    endpoint,
+                    type(e).__name__,
+                    e,
+                )
+                continue
             results.append(result)
             if isinstance(result.error, AuthError) and result.error.status == 401:
                 break  # a rejected key is rejected everywhere: do not hammer the other endpoints
@@ -180,10 +195,14 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             if self.save_state:
                 self.write_persistent_cache(f'ledger_{name}', state)
         except Exception as e:
+            # The ledger in memory already counts this run's increases as submitted: forget it, so the
+            # next run starts again from the last state that was saved.
+            self.ledgers.pop(name, None)
             self.warning(
                 '%s: could not save the state (%s); nothing submitted this run, the next run retries.', name, e
             )
             return
+        self.ledgers[name] = result.ledger
         self.gauge(STATE_SIZE.name, len(state), tags=self.base_tags + [f'endpoint:{name}'])
         self.gauge(SERIES.name, result.ledger.distinct_series, tags=self.base_tags + [f'endpoint:{name}'])
         tags_of = self.series_tags
@@ -206,6 +225,8 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             self.gauge(PROJECT_MONTH_TO_DATE.name, total, tags=tags)
 
     def load_ledger(self, name: str, now: float) -> Ledger | None:
+        if name in self.ledgers:
+            return self.ledgers[name]
         text = self.read_persistent_cache(f'ledger_{name}')
         if not text:
             return None
