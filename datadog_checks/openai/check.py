@@ -52,6 +52,9 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         self.last_run_at: float | None = None
         # The ledgers as last saved, kept between runs so a run does not parse its own state back.
         self.ledgers: dict[str, Ledger] = {}
+        # Within a run: tags by (dims, series key), and by (dimension, value).
+        self._tag_cache: dict[tuple, list[str]] = {}
+        self._dim_tags: dict[tuple[str, str], tuple[str, ...]] = {}
         # `agent check openai` shares the running Agent's state but sends nothing: saving the state
         # there would mark as submitted usage that never reached Datadog.
         self.save_state = not running_under_agent_check_command()
@@ -94,27 +97,36 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             monotonic=self.monotonic,
         )
         self.refresh_names(client)
-        self._tag_cache: dict[tuple, list[str]] = {}
         results = []
-        for endpoint in self.settings.endpoints:
-            try:
-                result = self.collect(endpoint, client, now)
-            except Exception as e:
-                # A bug or a response shape nobody foresaw must not cost the other endpoints their run.
-                self.ledgers.pop(endpoint, None)
-                self.log.debug('Unexpected error collecting %s', endpoint, exc_info=True)
-                self.warning(
-                    '%s: unexpected error (%s: %s); skipped this run, the other endpoints go on. Please report it '
-                    'with the Agent log at debug level.',
-                    endpoint,
-                    type(e).__name__,
-                    e,
-                )
-                continue
-            results.append(result)
-            if isinstance(result.error, AuthError) and result.error.status == 401:
-                break  # a rejected key is rejected everywhere: do not hammer the other endpoints
+        try:
+            for endpoint in self.settings.endpoints:
+                result = self.collect_or_skip(endpoint, client, now)
+                if result is None:
+                    continue
+                results.append(result)
+                if isinstance(result.error, AuthError) and result.error.status == 401:
+                    break  # a rejected key is rejected everywhere: do not hammer the other endpoints
+        finally:
+            # Tags are built once per series and run; kept longer they would double the check's memory.
+            self._tag_cache.clear()
+            self._dim_tags.clear()
         self.report_health(client, results, now, started)
+
+    def collect_or_skip(self, endpoint: str, client: OpenAIClient, now: float) -> EndpointResult | None:
+        try:
+            return self.collect(endpoint, client, now)
+        except Exception as e:
+            # A bug or a response shape nobody foresaw must not cost the other endpoints their run.
+            self.ledgers.pop(endpoint, None)
+            self.log.debug('Unexpected error collecting %s', endpoint, exc_info=True)
+            self.warning(
+                '%s: unexpected error (%s: %s); skipped this run, the other endpoints go on. Please report it '
+                'with the Agent log at debug level.',
+                endpoint,
+                type(e).__name__,
+                e,
+            )
+            return None
 
     def paced(self, now: float) -> bool:
         """Skip a run that comes too soon after the previous one.
@@ -261,17 +273,25 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         tags = self._tag_cache.get(cache_key)
         if tags is None:
             tags = list(self.base_tags)
-            for dim, value in zip(dims, key.split(SEP)):
-                if not value:
+            fragments = self._dim_tags
+            for dim_value in zip(dims, key.split(SEP)):
+                if not dim_value[1]:
                     continue  # a dimension OpenAI did not group by (null) is left out, not tagged `none`
-                tags.append(f'{dim}:{value}')
-                name_tag = NAME_TAGS.get(dim)
-                if name_tag and self.names.enabled.get(dim):
-                    resolved = self.names.lookup(dim, value)
-                    if resolved:
-                        tags.append(f'{name_tag}:{resolved}')
+                fragment = fragments.get(dim_value)
+                if fragment is None:
+                    fragment = fragments[dim_value] = self.dimension_tags(*dim_value)
+                tags.extend(fragment)
             self._tag_cache[cache_key] = tags
         return tags
+
+    def dimension_tags(self, dim: str, value: str) -> tuple[str, ...]:
+        """`dim:value`, and the name next to an id when it is known."""
+        name_tag = NAME_TAGS.get(dim)
+        if name_tag and self.names.enabled.get(dim):
+            resolved = self.names.lookup(dim, value)
+            if resolved:
+                return (f'{dim}:{value}', f'{name_tag}:{resolved}')
+        return (f'{dim}:{value}',)
 
     # -- the check's own health ----------------------------------------------------------------
 

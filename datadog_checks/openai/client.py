@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import requests
-
 from datadog_checks.base.utils.format import json
 
 ADMIN_KEY_HELP = (

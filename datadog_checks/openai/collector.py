@@ -11,7 +11,7 @@ from __future__ import annotations
 import calendar
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .catalogue import BUCKET_SECONDS, COSTS, Endpoint
 from .client import ApiError, BadResponse, OpenAIClient
@@ -101,6 +101,60 @@ def _number(value: Any) -> float | int | None:
     return None
 
 
+def _dig(row: dict, path: tuple[str, ...]) -> Any:
+    value = row
+    for step in path:
+        value = value.get(step) if isinstance(value, dict) else None
+    return value
+
+
+def _field_value(row: dict, f) -> float | int | None:
+    if f.path:
+        return _number(_dig(row, f.path))
+    for key in f.keys:
+        value = row.get(key)
+        if value is not None:
+            return _number(value)
+    return None
+
+
+# The types a field's value usually has: taken as they are, without a call per field. Anything else
+# (a string amount, a boolean, a nested object) goes through _number.
+_PLAIN = frozenset({int, float, type(None)})
+
+
+def values_reader(fields) -> Callable[[dict], list]:
+    """row -> [value of each field]. This runs for every row of every page: the common case (plain
+    keys, numbers or nulls) costs a few C-level calls, the rest falls back to the careful path."""
+    keys = tuple(f.name for f in fields)
+    special = tuple((i, f) for i, f in enumerate(fields) if f.path or f.aliases)
+    plain = _PLAIN.issuperset
+
+    def read(row: dict) -> list:
+        values = list(map(row.get, keys))
+        for i, f in special:
+            values[i] = _field_value(row, f)
+        if plain(map(type, values)):
+            return values
+        return [_number(v) for v in values]
+
+    return read
+
+
+def key_reader(group_by: tuple[str, ...], fixed_dims) -> Callable[[dict], str]:
+    """row -> series key: the dimension values joined with SEP, a null dimension as NULL."""
+    paths = tuple(path for _, path in fixed_dims)
+    join = SEP.join
+
+    def key(row: dict) -> str:
+        parts = [v if v.__class__ is str else _encode(v) for v in map(row.get, group_by)]
+        for path in paths:
+            parts.append(_encode(_dig(row, path)))
+        return join(parts)
+
+    return key
+
+
 class EndpointCollector:
     def __init__(self, endpoint: Endpoint, width: str, group_by: tuple[str, ...], settings):
         self.endpoint = endpoint
@@ -116,6 +170,9 @@ class EndpointCollector:
         self.shape = shape_of(width, self.dims, [f.name for f in self.flows])
         self.month_dim = self.dims.index('project_id') if 'project_id' in self.dims else None
         self.currency_dim = self.dims.index('currency') if 'currency' in self.dims else None
+        self.key_of = key_reader(group_by, self.fixed_dims)
+        self.read_flows = values_reader(self.flows)
+        self.read_levels = values_reader(self.levels)
 
     def params(self, start: int) -> list[tuple[str, Any]]:
         # No end_time: the last bucket is then the one in progress, which is the freshest data.
@@ -129,39 +186,17 @@ class EndpointCollector:
 
     # -- reading rows --------------------------------------------------------------------------
 
-    def _key(self, row: dict) -> str:
-        parts = [_encode(row.get(d)) for d in self.group_by]
-        for _, path in self.fixed_dims:
-            value = row
-            for step in path:
-                value = value.get(step) if isinstance(value, dict) else None
-            parts.append(_encode(value))
-        return SEP.join(parts)
-
-    @staticmethod
-    def _value(row: dict, f) -> float | int | None:
-        if f.path:
-            value = row
-            for step in f.path:
-                value = value.get(step) if isinstance(value, dict) else None
-            return _number(value)
-        for key in f.keys:
-            value = row.get(key)
-            if value is not None:
-                return _number(value)
-        return None
-
-    def _aggregate(self, results: list, fields) -> tuple[dict[str, list], int]:
+    def _aggregate(self, results: list, read_values) -> tuple[dict[str, list], int]:
         """Rows of one bucket by series key; rows sharing a key (should not happen) are added up."""
         current: dict[str, list] = {}
         malformed = 0
-        value = self._value
+        key_of = self.key_of
         for row in results:
-            if not isinstance(row, dict):
+            if row.__class__ is not dict:
                 malformed += 1
                 continue
-            values = [value(row, f) for f in fields]
-            key = self._key(row)
+            values = read_values(row)
+            key = key_of(row)
             seen = current.get(key)
             if seen is None:
                 current[key] = values
@@ -209,7 +244,7 @@ class EndpointCollector:
                     if self.flows:
                         self._diff_bucket(result, start, results, window.baseline, start >= this_month)
                     if self.levels and results:
-                        current, _ = self._aggregate(results, self.levels)
+                        current, _ = self._aggregate(results, self.read_levels)
                         for key, values in current.items():
                             if key not in levels_seen or levels_seen[key][0] <= start:
                                 levels_seen[key] = (start, values)
@@ -226,13 +261,15 @@ class EndpointCollector:
         return result
 
     def _diff_bucket(self, result: EndpointResult, start: int, results: list, baseline: bool, in_month: bool) -> None:
-        current, malformed = self._aggregate(results, self.flows)
+        current, malformed = self._aggregate(results, self.read_flows)
         result.malformed += malformed
         submitted = result.ledger.buckets.setdefault(start, {})
         counts = result.counts
         names = self.flow_names
         for key, values in current.items():
             old = submitted.get(key)
+            if old == values:
+                continue  # most of the window has not changed since the previous run
             if old is None:
                 submitted[key] = values
                 if not baseline:

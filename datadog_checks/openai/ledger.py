@@ -20,7 +20,9 @@ from typing import Iterable
 
 from datadog_checks.base.utils.format import json
 
-FORMAT_VERSION = 1
+# 2: each bucket is [series indices, value rows] (1 was a list of [index, *values]); a state in another
+# format is not read, and the check records a new baseline.
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -44,17 +46,14 @@ class Ledger:
             del self.buckets[start]
 
     def dumps(self) -> str:
-        # Series keys repeat in every bucket; a table of them keeps the saved state small.
+        # Series keys repeat in every bucket: a table of them keeps the saved state small. Each bucket
+        # is then the table indices of its series and their values, built without a loop in Python: the
+        # state of a large organization is saved every run.
         table: dict[str, int] = {}
+        index_of = table.setdefault
         buckets = {}
         for start, series in self.buckets.items():
-            rows = []
-            for key, values in series.items():
-                index = table.get(key)
-                if index is None:
-                    index = table[key] = len(table)
-                rows.append([index, *values])
-            buckets[str(start)] = rows
+            buckets[str(start)] = [[index_of(key, len(table)) for key in series], list(series.values())]
         self.distinct_series = len(table)
         return json.encode(
             {
@@ -72,8 +71,12 @@ class Ledger:
         data = json.decode(text)
         if data.get('v') != FORMAT_VERSION:
             raise ValueError(f'unknown ledger format {data.get("v")!r}')
-        table = data['series']
-        buckets = {int(start): {table[row[0]]: row[1:] for row in rows} for start, rows in data['buckets'].items()}
+        key_of = data['series'].__getitem__
+        buckets = {}
+        for start, (indices, values) in data['buckets'].items():
+            if len(indices) != len(values):
+                raise ValueError(f'bucket {start} has {len(indices)} series and {len(values)} value rows')
+            buckets[int(start)] = dict(zip(map(key_of, indices), values))
         return cls(data['shape'], int(data['horizon']), float(data['read_at']), buckets)
 
 

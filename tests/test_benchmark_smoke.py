@@ -1,0 +1,106 @@
+"""scripts/benchmark.py runs end to end at its smallest sizes, and its figures add up (no timings asserted)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from datadog_checks.base.stubs import datadog_agent
+
+from datadog_checks.openai.catalogue import ENDPOINTS, USAGE_ENDPOINTS
+
+SCRIPT = Path(__file__).resolve().parent.parent / 'scripts' / 'benchmark.py'
+RUN_KEYS = {
+    'wall_s',
+    'cpu_s',
+    'names_cpu_s',
+    'peak_rss_mb',
+    'requests',
+    'usage_costs_requests',
+    'listing_requests',
+    'bytes',
+    'rows',
+    'rows_by_endpoint',
+    'points',
+    'count_points',
+    'state_bytes',
+    'simulator_cpu_s',
+}
+REPORTED_KEYS = RUN_KEYS | {
+    'floor_decode_cpu_s',
+    'floor_submit_cpu_s',
+    'floor_cpu_s',
+    'floor_bytes',
+    'floor_points',
+    'ratio',
+    'state_load_s',
+    'state_save_s',
+    'state_cells',
+    'http_client_cpu_s',
+}
+MAX_FIELDS = max(len(e.fields) for e in ENDPOINTS)
+
+
+@pytest.fixture
+def benchmark_module():
+    spec = importlib.util.spec_from_file_location('openai_benchmark', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    datadog_agent._cache.clear()
+
+
+def test_the_benchmark_runs_and_its_figures_add_up(benchmark_module, tmp_path, capsys, aggregator):
+    out = tmp_path / 'report.json'
+    report = benchmark_module.main(['--tiny', '--json', str(out)])
+    markdown = capsys.readouterr().out
+    assert '| Per run |' in markdown and '**Scaling**' in markdown and 'Fewest requests' in markdown
+    assert json.loads(out.read_text())['large_org']['reported_runs'] == report['large_org']['reported_runs']
+
+    big = report['large_org']
+    runs = big['runs']
+    assert [r['run'] for r in runs] == list(range(1, big['sizes']['runs'] + 1))
+    reported = {r['run'] for r in runs} & set(big['reported_runs'])
+    assert reported == set(big['reported_runs']) and 1 in reported
+    endpoints = len(USAGE_ENDPOINTS) + 1
+    for r in runs:
+        assert RUN_KEYS <= r.keys()
+        if r['run'] in reported:
+            assert REPORTED_KEYS <= r.keys()
+        assert r['complete'] and r['non_200'] == 0
+        # One page per endpoint: the whole window fits in one page of the API's limit.
+        assert r['usage_costs_requests'] == endpoints
+        assert r['requests'] == r['usage_costs_requests'] + r['listing_requests']
+        assert sum(r['requests_by_endpoint'].values()) == r['requests']
+        assert r['rows'] == sum(r['rows_by_endpoint'].values()) > 0
+        assert set(r['rows_by_endpoint']) == set(USAGE_ENDPOINTS) | {'costs'}
+        assert 50 < r['bytes'] / r['rows'] < 2000
+        assert r['count_points'] <= r['rows'] * MAX_FIELDS
+        assert r['count_points'] <= r['points']
+        assert r['state_bytes'] > 0
+        assert r['cpu_s'] >= 0 and r['wall_s'] > 0 and r['peak_rss_mb'] > 0
+    first, last = runs[0], runs[-1]
+    assert first['baseline'] and first['count_points'] == 0, 'the first run records a baseline and submits no count'
+    assert first['listing_requests'] > 0, 'names are resolved on the first run'
+    assert not last['baseline'] and last['listing_requests'] == 0 and last['count_points'] > 0
+    for n in reported:
+        r = runs[n - 1]
+        # The floor decodes exactly the bytes the run received and submits exactly its points.
+        assert r['floor_bytes'] == r['bytes'] and r['floor_points'] == r['points']
+        assert r['floor_cpu_s'] == pytest.approx(r['floor_decode_cpu_s'] + r['floor_submit_cpu_s'])
+        assert r['ratio'] > 0
+        # The state holds one cell per (bucket, series) read, levels (vector_stores) aside.
+        assert r['state_cells'] == r['rows'] - r['rows_by_endpoint']['vector_stores']
+
+    window = {w['endpoint']: w for w in big['window']}
+    assert set(window) == set(USAGE_ENDPOINTS) | {'costs'}
+    for w in window.values():
+        assert w['made'] == w['fewest'] == 1 and w['buckets'] <= w['max_limit']
+    assert window['completions']['buckets'] == 7  # 6 h of 1h buckets and the bucket in progress
+
+    assert report['growth']['rows'][0] > 0
+    scaling = report['scaling']
+    assert [s['series'] for s in scaling] == sorted(s['series'] for s in scaling) and len(scaling) >= 2
+    assert scaling[0]['completions_rows'] < scaling[-1]['completions_rows']
+    for s in scaling:
+        assert s['rows'] > 0 and s['cpu_per_series_us'] > 0 and s['floor_cpu_s'] > 0
