@@ -102,10 +102,17 @@ else
     log "== ddev validate dashboards: skipped, none of the manifest's dashboards exists yet"
 fi
 
+# Lint and format with the pinned ruff and pyproject.toml's settings (config_models/ is generated: excluded).
+log "== ruff check, ruff format --check"
+if ! "$(dirname "$DDEV_BIN")/ruff" check --quiet "$REPO" >&2 || ! "$(dirname "$DDEV_BIN")/ruff" format --check --quiet "$REPO" >&2; then
+    log "FAILED: ruff (run: .venvs/ddev/bin/ruff check --fix . && .venvs/ddev/bin/ruff format .)"
+    status=1
+fi
+
 if ((status)); then
     log ""
     log "check-generated: FAILED (see above)."
 else
-    log "check-generated: generated files in sync, ddev validations passed."
+    log "check-generated: generated files in sync, ddev validations and ruff passed."
 fi
 exit "$status"

@@ -215,6 +215,13 @@ def test_the_ledger_round_trips_and_forgets_buckets_behind_the_horizon():
     assert list(again.buckets) == [T0 + H] and again.horizon == T0 + H
     with pytest.raises(ValueError):
         Ledger.loads('{"v": 99}')
+    # The first format (a list of [index, *values] per bucket) is not misread as the current one.
+    with pytest.raises(ValueError, match='unknown ledger format 1'):
+        Ledger.loads('{"v": 1, "shape": "s", "horizon": 0, "read_at": 0, "series": ["m"], "buckets": {"0": [[0, 1]]}}')
+    with pytest.raises(ValueError, match='1 series and 2 value rows'):
+        Ledger.loads(
+            '{"v": 2, "shape": "s", "horizon": 0, "read_at": 0, "series": ["m"], "buckets": {"0": [[0], [[1], [2]]]}}'
+        )
 
 
 def test_a_changed_group_by_starts_a_new_baseline():
