@@ -242,6 +242,27 @@ class PeakMemory:
         self.method = 'VmHWM reset per run' if self.exact else 'ru_maxrss (lifetime)'
 
 
+class GarbageCollection:
+    """CPU time spent in Python's cyclic garbage collector during a block, and its full collections."""
+
+    def __enter__(self):
+        self.cpu = 0.0
+        self.full = 0
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+        return self
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == 'start':
+            self._started = time.process_time()
+        else:
+            self.cpu += time.process_time() - self._started
+            self.full += info['generation'] == 2
+
+    def __exit__(self, *exc):
+        gc.callbacks.remove(self._callback)
+
+
 # -- the check, instrumented lightly -------------------------------------------------------------------
 
 
@@ -319,7 +340,7 @@ class Bench:
         gc.collect()
         # Memory blocks held by Python objects between runs: flat unless something accumulates.
         blocks = sys.getallocatedblocks()
-        with PeakMemory() as memory:
+        with PeakMemory() as memory, GarbageCollection() as collections:
             wall, cpu = time.perf_counter(), time.process_time()
             error = self.check.run()
             cpu = time.process_time() - cpu
@@ -340,6 +361,8 @@ class Bench:
             'wall_s': wall,
             'cpu_s': cpu,
             'names_cpu_s': self.names_cpu,
+            'gc_cpu_s': collections.cpu,
+            'gc_full': collections.full,
             'names_wall_s': self.names_wall,
             'simulator_cpu_s': sim_cpu,
             'peak_rss_mb': memory.peak_kb / 1024,
@@ -756,6 +779,7 @@ def markdown(report: dict) -> str:
     row('Wall time (check; includes waiting for the simulator)', lambda r: _s(r['wall_s']))
     row('CPU time of the check process', lambda r: _s(r['cpu_s']))
     row('  of which name resolution (hourly)', lambda r: _s(r['names_cpu_s']))
+    row('  of which garbage collection (see below)', lambda r: f'{_s(r["gc_cpu_s"])} ({r["gc_full"]} full)')
     row(f'Floor: JSON decode of the same bytes (median of {FLOOR_REPEATS})', lambda r: _s(r['floor_decode_cpu_s']))
     row(
         f'Floor: submit the same points via count/gauge (median of {FLOOR_REPEATS})',

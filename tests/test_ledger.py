@@ -70,7 +70,7 @@ def test_first_run_records_a_baseline_and_submits_nothing():
     result = c.run(PagesClient([bucket(T0, row('gpt-4o', 100))]), None, T0 + 600)
     assert result.window.baseline and result.complete
     assert result.counts == []
-    assert result.ledger.buckets[T0]['gpt-4o'][:2] == [100, 0]
+    assert result.ledger.buckets[T0]['gpt-4o'][:2] == (100, 0)
 
 
 def test_only_the_growth_of_a_revised_bucket_is_submitted():
@@ -208,7 +208,7 @@ def test_code_interpreter_reads_the_older_sessions_field():
 
 
 def test_the_ledger_round_trips_and_forgets_buckets_behind_the_horizon():
-    ledger = Ledger('1h|model|a,b', T0, T0 + 5.5, {T0: {'m': [1, None]}, T0 + H: {'m': [2, 3], 'n': [None, 4]}})
+    ledger = Ledger('1h|model|a,b', T0, T0 + 5.5, {T0: {'m': (1, None)}, T0 + H: {'m': (2, 3), 'n': (None, 4)}})
     again = Ledger.loads(ledger.dumps())
     assert again == ledger and ledger.distinct_series == 2
     again.prune(T0 + H)

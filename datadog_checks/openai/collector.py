@@ -123,20 +123,26 @@ def _field_value(row: dict, f) -> float | int | None:
 _PLAIN = frozenset({int, float, type(None)})
 
 
-def values_reader(fields) -> Callable[[dict], list]:
-    """row -> [value of each field]. This runs for every row of every page: the common case (plain
-    keys, numbers or nulls) costs a few C-level calls, the rest falls back to the careful path."""
+def values_reader(fields) -> Callable[[dict], tuple]:
+    """row -> (value of each field,). This runs for every row of every page: the common case (plain
+    keys, numbers or nulls) costs a few C-level calls, the rest falls back to the careful path.
+
+    Tuples, not lists: the ledger keeps one per (bucket, series), and a tuple of numbers drops out of
+    the garbage collector's sight, which otherwise walks all of them several times a run."""
     keys = tuple(f.name for f in fields)
     special = tuple((i, f) for i, f in enumerate(fields) if f.path or f.aliases)
     plain = _PLAIN.issuperset
 
-    def read(row: dict) -> list:
-        values = list(map(row.get, keys))
-        for i, f in special:
-            values[i] = _field_value(row, f)
+    def read(row: dict) -> tuple:
+        values = tuple(map(row.get, keys))
+        if special:
+            fixed = list(values)
+            for i, f in special:
+                fixed[i] = _field_value(row, f)
+            values = tuple(fixed)
         if plain(map(type, values)):
             return values
-        return [_number(v) for v in values]
+        return tuple(map(_number, values))
 
     return read
 
@@ -186,9 +192,9 @@ class EndpointCollector:
 
     # -- reading rows --------------------------------------------------------------------------
 
-    def _aggregate(self, results: list, read_values) -> tuple[dict[str, list], int]:
+    def _aggregate(self, results: list, read_values) -> tuple[dict[str, tuple], int]:
         """Rows of one bucket by series key; rows sharing a key (should not happen) are added up."""
-        current: dict[str, list] = {}
+        current: dict[str, tuple] = {}
         malformed = 0
         key_of = self.key_of
         for row in results:
@@ -201,9 +207,7 @@ class EndpointCollector:
             if seen is None:
                 current[key] = values
             else:
-                for i, v in enumerate(values):
-                    if v is not None:
-                        seen[i] = v if seen[i] is None else seen[i] + v
+                current[key] = tuple(a if b is None else b if a is None else a + b for a, b in zip(seen, values))
         return current, malformed
 
     # -- one run -------------------------------------------------------------------------------
@@ -219,7 +223,7 @@ class EndpointCollector:
             ledger.prune(window.read_start)
         result = EndpointResult(self.endpoint, self.dims, ledger, window)
         this_month = month_start(now)
-        levels_seen: dict[str, tuple[int, list]] = {}
+        levels_seen: dict[str, tuple[int, tuple]] = {}
         try:
             for buckets in client.iter_buckets_pages(
                 self.endpoint.path, self.params(window.read_start), self.endpoint.name
@@ -277,6 +281,7 @@ class EndpointCollector:
                         if v:
                             counts.append((name, v, key))
                 continue
+            now_submitted = list(old)
             for i, v in enumerate(values):
                 if v is None:
                     # Not reported this time: what was submitted stands.
@@ -284,13 +289,14 @@ class EndpointCollector:
                 before = old[i]
                 delta = v if before is None else v - before
                 if delta:
-                    old[i] = v
+                    now_submitted[i] = v
                     if not baseline:
                         counts.append((names[i], delta, key))
+            submitted[key] = tuple(now_submitted)
         if in_month and self.currency_dim is not None:
             self._add_month(result, current)
 
-    def _add_month(self, result: EndpointResult, current: dict[str, list]) -> None:
+    def _add_month(self, result: EndpointResult, current: dict[str, tuple]) -> None:
         for key, values in current.items():
             amount = values[0]
             if amount is None:

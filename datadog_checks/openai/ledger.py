@@ -35,7 +35,7 @@ class Ledger:
     # Clock time of the last run that read the endpoint to its newest bucket.
     read_at: float
     # bucket start -> series key -> submitted value per flow field (None: never reported by OpenAI).
-    buckets: dict[int, dict[str, list]] = field(default_factory=dict)
+    buckets: dict[int, dict[str, tuple]] = field(default_factory=dict)
     # Distinct series across the tracked buckets, counted when the ledger is saved.
     distinct_series: int = field(default=0, compare=False)
 
@@ -76,7 +76,7 @@ class Ledger:
         for start, (indices, values) in data['buckets'].items():
             if len(indices) != len(values):
                 raise ValueError(f'bucket {start} has {len(indices)} series and {len(values)} value rows')
-            buckets[int(start)] = dict(zip(map(key_of, indices), values))
+            buckets[int(start)] = dict(zip(map(key_of, indices), map(tuple, values)))
         return cls(data['shape'], int(data['horizon']), float(data['read_at']), buckets)
 
 
