@@ -46,6 +46,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from datadog_checks.openai.catalogue import USAGE_ENDPOINTS  # noqa: E402
+
 HOUR = 3600
 DAY = 86400
 INTERVAL = 300
@@ -56,17 +58,8 @@ ADMIN_KEY = 'sk-admin-benchmark'
 # so costs, read from the first of the month, span 15 daily buckets. 100 runs end the same day.
 START_OFFSET = 14 * DAY + 8 * HOUR
 
-OTHER_USAGE = (
-    'embeddings',
-    'moderations',
-    'images',
-    'audio_speeches',
-    'audio_transcriptions',
-    'vector_stores',
-    'code_interpreter_sessions',
-    'file_search_calls',
-    'web_search_calls',
-)
+# Every usage endpoint of the catalogue but completions, which the benchmark sizes on its own.
+OTHER_USAGE = tuple(name for name in USAGE_ENDPOINTS if name != 'completions')
 
 # name: (completions series, series of every other endpoint, projects, runs, scaling sizes, scaling runs)
 PROFILES = {
