@@ -107,7 +107,8 @@ class OpenAICheck(AgentCheck, ConfigMixin):
                 if isinstance(result.error, AuthError) and result.error.status == 401:
                     break  # a rejected key is rejected everywhere: do not hammer the other endpoints
         finally:
-            # Tags are built once per series and run; kept longer they would double the check's memory.
+            # Tags are built once per series and run: kept between runs, they would hold a list per series
+            # for nothing, and names refreshed meanwhile would not reach them.
             self._tag_cache.clear()
             self._dim_tags.clear()
         self.report_health(client, results, now, started)

@@ -127,8 +127,8 @@ def values_reader(fields) -> Callable[[dict], tuple]:
     """row -> (value of each field,). This runs for every row of every page: the common case (plain
     keys, numbers or nulls) costs a few C-level calls, the rest falls back to the careful path.
 
-    Tuples, not lists: the ledger keeps one per (bucket, series), and a tuple of numbers drops out of
-    the garbage collector's sight, which otherwise walks all of them several times a run."""
+    Tuples, not lists: the ledger keeps one per (bucket, series), and the garbage collector stops
+    tracking a tuple of numbers, where it would walk every list at each full collection."""
     keys = tuple(f.name for f in fields)
     special = tuple((i, f) for i, f in enumerate(fields) if f.path or f.aliases)
     plain = _PLAIN.issuperset

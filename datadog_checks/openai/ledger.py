@@ -47,8 +47,9 @@ class Ledger:
 
     def dumps(self) -> str:
         # Series keys repeat in every bucket: a table of them keeps the saved state small. Each bucket
-        # is then the table indices of its series and their values, built without a loop in Python: the
-        # state of a large organization is saved every run.
+        # is then two columns, the table indices of its series and their values, which take one
+        # comprehension and one list() per bucket rather than a new list per cell: the state of a large
+        # organization is saved every run.
         table: dict[str, int] = {}
         index_of = table.setdefault
         buckets = {}
