@@ -322,8 +322,9 @@ class Bench:
         self.clock.advance(seconds)
         self.sim.set_time(self.clock.now())
 
-    def run_once(self, keep_points: bool = False) -> dict:
-        """One run of the check at the current time; the clock then moves INTERVAL seconds."""
+    def run_once(self, with_floor: bool = False) -> dict:
+        """One run of the check at the current time; the clock then moves INTERVAL seconds. With
+        `with_floor`, the record also holds the run's floor, its pages and the state's load and save times."""
         self.aggregator.reset()
         self.results = []
         self.names_cpu = self.names_wall = 0.0
@@ -375,12 +376,11 @@ class Bench:
             'complete': all(r.complete for r in self.results),
             'baseline': any(r.window.baseline for r in self.results),
         }
-        record.update(self.state(timed=keep_points))
+        record.update(self.state(timed=with_floor))
         record['state_cells'] = sum(len(b) for r in self.results for b in r.ledger.buckets.values())
-        if keep_points:
+        if with_floor:
             record['pages'] = [r for r in log if r['start_time'] is not None]
-            record['_log'] = log
-            record['_points'] = points
+            record.update(self.floor(record, log, points))
         self.runs.append(record)
         self.results = []  # the check keeps none of them: neither should the benchmark, between runs
         self.aggregator.reset()
@@ -410,7 +410,7 @@ class Bench:
             return {'state_bytes': size}
         return {'state_bytes': size, 'state_load_s': load, 'state_save_s': save}
 
-    def floor(self, record: dict) -> dict:
+    def floor(self, record: dict, log: list[dict], points: list[tuple]) -> dict:
         """The floor for a run: decode its response bytes, submit its points, nothing else."""
         import requests
         from datadog_checks.base import AgentCheck
@@ -423,7 +423,7 @@ class Bench:
         base = self.sim.base_url.rsplit('/v1', 1)[0]
         bodies = []
         http_cpu = 0.0
-        for r in record['_log']:
+        for r in log:
             t = time.process_time()
             response = session.get(f'{base}{r["path"]}?{r["query"]}', timeout=600)
             http_cpu += time.process_time() - t
@@ -457,7 +457,7 @@ class Bench:
             self.aggregator.MONOTONIC_COUNT: floor_check.monotonic_count,
             self.aggregator.RATE: floor_check.rate,
         }
-        points = [(send[mtype], name, value, tags) for name, mtype, value, tags in record['_points']]
+        points = [(send[mtype], name, value, tags) for name, mtype, value, tags in points]
         submitted = []
 
         def submit_all():
@@ -558,14 +558,8 @@ def large_org(p: dict, profile: bool) -> dict:
     with Simulator(series, p['projects'], start) as sim:
         log(f'  simulator ready in {time.perf_counter() - t0:.1f}s: {sim.describe}')
         bench = Bench(sim, start)
-        floors = {}
         for i in range(1, runs + 1):
-            record = bench.run_once(keep_points=i in reported)
-            if i in reported:
-                record.update(bench.floor(record))
-                floors[i] = record
-                record.pop('_log')
-                record.pop('_points')
+            record = bench.run_once(with_floor=i in reported)
             if i in reported or i % 10 == 0:
                 log(
                     f'  run {i}: cpu {record["cpu_s"]:.2f}s wall {record["wall_s"]:.2f}s, '
@@ -575,7 +569,8 @@ def large_org(p: dict, profile: bool) -> dict:
         profile_text = None
         if profile:
             profile_text = profile_run(bench)
-        window = describe_window(minimum_requests(floors[reported[-1]]['pages']), floors[reported[-1]]['time'])
+        last = bench.runs[reported[-1] - 1]
+        window = describe_window(minimum_requests(last['pages']), last['time'])
         simulator = {'series': sim.series, 'describe': sim.describe}
     for r in bench.runs:
         r.pop('pages', None)
@@ -622,13 +617,7 @@ def scaling(p: dict) -> list[dict]:
             bench.run_once()  # the baseline
             steady = []
             for i in range(p['scaling_runs']):
-                keep = i == p['scaling_runs'] - 1
-                record = bench.run_once(keep_points=keep)
-                if keep:
-                    record.update(bench.floor(record))
-                    record.pop('_log')
-                    record.pop('_points')
-                steady.append(record)
+                steady.append(bench.run_once(with_floor=i == p['scaling_runs'] - 1))
             last = steady[-1]
             cpu = statistics.median(r['cpu_s'] for r in steady)
             row = {
@@ -772,7 +761,7 @@ def markdown(report: dict) -> str:
     row('Wall time (check; includes waiting for the simulator)', lambda r: _s(r['wall_s']))
     row('CPU time of the check process', lambda r: _s(r['cpu_s']))
     row('  of which name resolution (hourly)', lambda r: _s(r['names_cpu_s']))
-    row('  of which garbage collection (see below)', lambda r: f'{_s(r["gc_cpu_s"])} ({r["gc_full"]} full)')
+    row('  of which garbage collection (full collections)', lambda r: f'{_s(r["gc_cpu_s"])} ({r["gc_full"]} full)')
     row(f'Floor: JSON decode of the same bytes (median of {FLOOR_REPEATS})', lambda r: _s(r['floor_decode_cpu_s']))
     row(
         f'Floor: submit the same points via count/gauge (median of {FLOOR_REPEATS})',
