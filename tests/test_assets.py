@@ -820,8 +820,12 @@ def test_readme_sections():
     assert commands == ['scripts/demo', 'scripts/test']
     for command in commands:
         assert os.access(ROOT / command, os.X_OK), command
+    # CI runs both, in a clone of its own (no `shared/` above it), before anything else of the project.
     ci = (ROOT / '.ci' / 'run').read_text()
-    assert re.search(r'^scripts/test\b', ci, re.M)
+    assert re.search(r'^git clone .+\n(?:.*\n)*?cd "\$WORK/', ci, re.M), 'CI must work in a clone of its own'
+    after_clone = ci.split('git clone', 1)[1]
+    ran = re.findall(r'^(scripts/\S+)', after_clone, re.M)
+    assert ran[:2] == commands, ran
 
 
 def test_readme_is_ascii():

@@ -234,3 +234,33 @@ def test_sdist_leaves_the_tests_out(dists):
     assert 'datadog_checks/openai/data/conf.yaml.example' in names
     assert 'pyproject.toml' in names
     assert not [n for n in names if n.startswith('tests/')]
+
+
+def test_the_repository_carries_the_openapi_extract_and_reads_nothing_beside_it():
+    from tests.simulator.openapi import SPEC_PATH, load_spec
+
+    assert SPEC_PATH.is_relative_to(ROOT), SPEC_PATH
+    header = SPEC_PATH.read_text().splitlines()[:10]
+    assert any(line.startswith('# Source repository: https://github.com/openai/openai-openapi') for line in header)
+    assert any(re.match(r'# Source commit: [0-9a-f]{40} ', line) for line in header)
+    # The coming sources need these paths: the copy is the regenerated extract, not the older one.
+    paths = load_spec().document['paths']
+    for path in (
+        '/organization/audit_logs',
+        '/organization/projects/{project_id}/rate_limits',
+        '/organization/spend_limit',
+        '/organization/projects/{project_id}/spend_limit',
+    ):
+        assert path in paths, path
+    # A user's clone has nothing beside it: no file of the project may look for the workplace's shared folder.
+    tracked = subprocess.run(['git', 'ls-files'], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    pattern = re.compile(r"shared[/'\", ]+openai-api|\.\./shared")
+    offenders = [
+        name
+        for name in tracked
+        if name.endswith(('.py', '.sh', '.toml', '.cfg', '.ini', '.yaml', '.yml', '.json', '/run', '/test', '/demo'))
+        and (ROOT / name).is_file()
+        and name != 'tests/test_packaging.py'
+        and pattern.search((ROOT / name).read_text(errors='replace'))
+    ]
+    assert not offenders, offenders

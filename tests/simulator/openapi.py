@@ -1,4 +1,4 @@
-"""OpenAI's published OpenAPI description (the extract in /work/shared), as a validator.
+"""OpenAI's published OpenAPI description (the extract kept in `data/`), as a validator.
 
 The simulator checks every request against it the way OpenAI's API front end does (unknown
 parameter, wrong type, value outside an enum, missing required parameter: a 400 with OpenAI's error
@@ -22,25 +22,14 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-ENV_VAR = 'OPENAI_OPENAPI_EXTRACT'
-RELATIVE_PATH = Path('shared', 'openai-api', 'openapi-admin-extract.yaml')
+# The extract of OpenAI's openapi.yaml the simulator and the tests follow. Its header names the source
+# repository and commit; the repository carries it, so a clone needs nothing beside it.
+SPEC_PATH = Path(__file__).resolve().parent / 'data' / 'openapi-admin-extract.yaml'
 SPEC_URI = 'urn:openai:openapi-admin-extract'
 
 
 def default_spec_path() -> Path:
-    """The extract: $OPENAI_OPENAPI_EXTRACT, else <repo>/../shared/..., else the nearest such parent."""
-    override = os.environ.get(ENV_VAR)
-    if override:
-        return Path(override)
-    repo = Path(__file__).resolve().parents[2]
-    for base in (repo.parent, *repo.parents):
-        candidate = base / RELATIVE_PATH
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        f'The OpenAPI extract was not found at {repo.parent / RELATIVE_PATH} nor in any parent directory; '
-        f'set {ENV_VAR} to its path.'
-    )
+    return SPEC_PATH
 
 
 class RequestError(Exception):
