@@ -5,8 +5,10 @@
     python scripts/run_check.py -c conf.d/openai.d/conf.yaml --times 3 --json
 
 It reads a conf.yaml in the Agent's format (init_config + instances), runs every instance once or
-`--times` times, and prints what the Agent would send: metrics with their tags, service checks, then
-one verdict line per account. The check's saved state goes to `--state-dir` (never the Agent's).
+`--times` times, and prints per account a summary of what the check sent (verdict, month-to-date spend,
+usage by model and project, the check's health; `--metrics` adds every metric, tag and service check,
+`--json` prints them as JSON), then one verdict line per account. The check's saved state goes to
+`--state-dir` (never the Agent's).
 With no admin key anywhere, it starts the project's OpenAI Admin API simulator on localhost, whose
 simulated clock moves `--interval` seconds between runs so that traffic grows and late revisions land.
 """
@@ -30,6 +32,9 @@ from datadog_checks.base.stubs import aggregator, datadog_agent  # noqa: E402
 
 from datadog_checks.openai import OpenAICheck  # noqa: E402
 
+sys.path.insert(0, str(REPO / 'scripts'))
+from summary import summarize  # noqa: E402
+
 STATUS = {
     AgentCheck.OK: 'OK',
     AgentCheck.WARNING: 'WARNING',
@@ -44,11 +49,16 @@ def parse_args(argv=None):
     p.add_argument('-c', '--config', help='a conf.yaml in the Agent format (default: one demo account)')
     p.add_argument('--times', type=int, default=3, help='runs per instance (default 3)')
     p.add_argument('--interval', type=float, default=300, help='seconds between runs (simulated with the simulator)')
-    p.add_argument('--json', action='store_true', help='print JSON instead of a table')
+    p.add_argument('--json', action='store_true', help='print every metric and service check as JSON')
+    p.add_argument(
+        '--metrics', action='store_true', help='print every metric, tag and service check before the summary'
+    )
     p.add_argument('--state-dir', default=str(REPO / '.demo-state'), help='where the check keeps its state')
     p.add_argument('--reset', action='store_true', help='forget the saved state first (a new baseline)')
     p.add_argument('--simulator', action='store_true', help='use the simulator even if a key is configured')
-    p.add_argument('--all-runs', action='store_true', help='print the metrics of every run, not just the last')
+    p.add_argument(
+        '--all-runs', action='store_true', help='with --metrics or --json: every run\'s metrics, not just the last'
+    )
     return p.parse_args(argv)
 
 
@@ -146,7 +156,8 @@ def collect_run() -> dict:
     return {'metrics': sorted(metrics, key=lambda m: (m['metric'], m['tags'])), 'service_checks': checks}
 
 
-def print_table(run: dict, out=sys.stdout):
+def print_table(run: dict, out=None):
+    out = out or sys.stdout
     rows = [(m['metric'], m['type'], _fmt(m['value']), ','.join(m['tags'])) for m in run['metrics']]
     widths = [max([len(r[i]) for r in rows] + [len(h)]) for i, h in enumerate(('metric', 'type', 'value', 'tags'))]
     widths[3] = 0
@@ -194,6 +205,7 @@ def main(argv=None) -> int:
         for instance in config['instances']:
             account = str(instance.get('account_name', '?'))
             errors = []
+            warnings = []
             runs = []
             state.load()
             check = OpenAICheck('openai', config['init_config'], [instance])
@@ -208,6 +220,8 @@ def main(argv=None) -> int:
                 error = check.run()
                 if error:
                     errors.append(json.loads(error)[0]['message'])
+                # What the Agent shows in `agent status` after each run, and then forgets.
+                warnings.extend(check.get_warnings())
                 run = collect_run()
                 runs.append(run)
                 state.save()
@@ -216,9 +230,15 @@ def main(argv=None) -> int:
             shown = runs if args.all_runs else runs[-1:]
             for n, run in enumerate(shown, start=len(runs) - len(shown) + 1):
                 report.append({'account': account, 'run': n, **run})
-                if not args.json:
+                if args.metrics and not args.json:
                     print(f'\n== account {account}, run {n} of {len(runs)} ==')
                     print_table(run)
+            if runs and not args.json:
+                endpoints = list(check.settings.endpoints) if check.settings else []
+                print()
+                period = f', {args.interval:g} s apart' + (' (simulated time)' if clock is not None else '')
+                period = period if len(runs) > 1 else ''
+                print(summarize(account, runs, warnings, list(dict.fromkeys(errors)), endpoints, period))
             verdicts.append(verdict(account, runs[-1] if runs else {'metrics': [], 'service_checks': []}, errors))
     finally:
         if server is not None:

@@ -75,8 +75,12 @@ def test_user_emails_on_request(org, clock, sim, make_check, dd_run_check, aggre
 def test_a_project_key_is_rejected_with_what_to_do(sim, make_check, dd_run_check, aggregator):
     # Only the live API can tell a non-admin key of an unknown shape; the message must say what to do.
     check = make_check(admin_api_key='sk-a-user-key-not-admin')
-    dd_run_check(check)
+    # A run that read nothing fails, so `agent status` lists the instance as an error with this message...
+    with pytest.raises(Exception, match='organization admin key') as raised:
+        dd_run_check(check, extract_message=True)
+    # ...after the health it reports: the service check and can_connect are submitted before the error.
     sc = only_status(aggregator)
+    assert str(raised.value) == sc.message
     assert sc.status == AgentCheck.CRITICAL
     assert 'organization admin key' in sc.message and 'admin-keys' in sc.message
     assert 'sk-a-user-key-not-admin' not in sc.message
@@ -89,9 +93,36 @@ def test_a_key_without_the_usage_scope_gets_403_and_the_same_advice(sim, make_ch
     sim.faults.add('usage', 403, count=None)
     sim.faults.add('costs', 403, count=None)
     check = make_check(resolve_project_names=False, resolve_api_key_names=False)
-    dd_run_check(check)
+    with pytest.raises(Exception, match='403'):
+        dd_run_check(check, extract_message=True)
     sc = only_status(aggregator)
     assert sc.status == AgentCheck.CRITICAL and '403' in sc.message and 'admin key' in sc.message
+    aggregator.assert_metric('openai.check.can_connect', 0)
+    aggregator.assert_metric('openai.check.run.duration', count=1)
+
+
+def test_a_partly_read_run_is_a_warning_and_does_not_fail(sim, make_check, dd_run_check, aggregator):
+    # A key refused on costs alone still reads usage: the run goes on, and says what was refused.
+    sim.faults.add('costs', 403, count=None)
+    check = make_check(resolve_project_names=False, resolve_api_key_names=False)
+    dd_run_check(check)
+    sc = only_status(aggregator)
+    assert sc.status == AgentCheck.WARNING
+    assert sc.message.startswith('costs: OpenAI refused the key with 403') and 'admin key' in sc.message
+    aggregator.assert_metric('openai.check.can_connect', 1)
+
+
+def test_a_run_whose_every_endpoint_hits_an_unexpected_error_fails(sim, make_check, dd_run_check, aggregator):
+    check = make_check(usage_endpoints=['completions', 'embeddings'], collect_costs=False)
+
+    def broken(*args, **kwargs):
+        raise KeyError('surprise')
+
+    check.collect = broken
+    with pytest.raises(Exception, match='every endpoint failed with an unexpected error'):
+        dd_run_check(check, extract_message=True)
+    assert only_status(aggregator).status == AgentCheck.CRITICAL
+    assert sum('unexpected error (KeyError' in w for w in check.warnings) == 2
 
 
 def test_unreachable_api_is_critical_with_a_network_message(make_check, dd_run_check, aggregator):
@@ -99,7 +130,8 @@ def test_unreachable_api_is_critical_with_a_network_message(make_check, dd_run_c
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
     check = make_check(api_base_url=f'http://127.0.0.1:{port}/v1', max_retries=1)
-    dd_run_check(check)
+    with pytest.raises(Exception, match='No endpoint could be read: Cannot reach'):
+        dd_run_check(check, extract_message=True)
     sc = only_status(aggregator)
     assert sc.status == AgentCheck.CRITICAL
     assert 'Cannot reach' in sc.message and 'proxy' in sc.message
@@ -182,6 +214,20 @@ def test_health_metrics_describe_the_run(clock, sim, make_check, dd_run_check, a
     aggregator.reset()
     dd_run_check(check)
     aggregator.assert_metric('openai.check.data_lag', 300, tags=base + ['endpoint:completions'])
+
+
+def test_series_counts_the_level_endpoints_too(org, clock, sim, make_check, dd_run_check, aggregator):
+    check = make_check(usage_endpoints=['vector_stores', 'code_interpreter_sessions'], collect_costs=False)
+    clock.advance(30 * H)
+    dd_run_check(check)
+    # Vector stores group by project only: one series per project that holds a store.
+    projects_with_stores = {vs.project_id for vs in org.vector_stores}
+    assert len(projects_with_stores) >= 2
+    base = ['openai_account:test']
+    aggregator.assert_metric(
+        'openai.check.series', len(projects_with_stores), tags=base + ['endpoint:vector_stores'], count=1
+    )
+    assert len(aggregator.metrics('openai.api.usage.vector_stores.usage_bytes')) == len(projects_with_stores)
 
 
 def test_unreadable_state_starts_a_new_baseline_with_a_warning(clock, sim, make_check, dd_run_check, state, aggregator):

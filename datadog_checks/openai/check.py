@@ -8,6 +8,7 @@ import sys
 import time
 
 from datadog_checks.base import AgentCheck
+from datadog_checks.base.errors import CheckException
 
 from .catalogue import (
     API_LATENCY,
@@ -217,7 +218,9 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             return
         self.ledgers[name] = result.ledger
         self.gauge(STATE_SIZE.name, len(state), tags=self.base_tags + [f'endpoint:{name}'])
-        self.gauge(SERIES.name, result.ledger.distinct_series, tags=self.base_tags + [f'endpoint:{name}'])
+        # The ledger tracks flows only: an endpoint of levels (vector store bytes) has its series in the gauges.
+        series = result.ledger.distinct_series if result.endpoint.flows else len({key for _, _, key in result.gauges})
+        self.gauge(SERIES.name, series, tags=self.base_tags + [f'endpoint:{name}'])
         tags_of = self.series_tags
         dims = result.dims
         for metric, value, key in result.counts:
@@ -317,16 +320,28 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         self.gauge(CAN_CONNECT.name, 0 if status == AgentCheck.CRITICAL else 1, tags=tags)
         self.service_check(SERVICE_CHECK, status, tags=tags, message=message)
         self.gauge(RUN_DURATION.name, self.monotonic() - started, tags=tags)
+        if status == AgentCheck.CRITICAL:
+            # Health first, then the error: a run that read nothing must show as failed in `agent status`
+            # and `agent check`, not as an OK instance with a CRITICAL service check nobody looks at.
+            raise CheckException(message)
 
     def connection_status(self, results: list[EndpointResult], rate_limited: bool) -> tuple[int, str]:
+        """CRITICAL when no endpoint was read; WARNING when some were not, or OpenAI rate limited; else OK."""
         failed = [r for r in results if not r.complete]
-        auth = next((r.error for r in failed if isinstance(r.error, AuthError)), None)
-        if auth is not None:
-            return AgentCheck.CRITICAL, auth.message
-        if results and len(failed) == len(results):
-            return AgentCheck.CRITICAL, f'No endpoint could be read: {failed[0].error.message}'
-        if failed or rate_limited or len(results) < len(self.settings.endpoints):
+        if len(failed) == len(results):
+            auth = next((r.error for r in failed if isinstance(r.error, AuthError)), None)
+            if auth is not None:
+                return AgentCheck.CRITICAL, auth.message
+            if failed:
+                return AgentCheck.CRITICAL, f'No endpoint could be read: {failed[0].error.message}'
+            return AgentCheck.CRITICAL, (
+                'No endpoint could be read: every endpoint failed with an unexpected error (see the warnings).'
+            )
+        tried = {r.endpoint.name for r in results}
+        skipped = [name for name in self.settings.endpoints if name not in tried]
+        if failed or rate_limited or skipped:
             parts = [f'{r.endpoint.name}: {r.error.message}' for r in failed]
+            parts.extend(f'{name}: not read this run (see the warnings)' for name in skipped)
             if rate_limited:
                 parts.append('OpenAI rate limited some requests; the check retried within its time budget')
             return AgentCheck.WARNING, '; '.join(parts)

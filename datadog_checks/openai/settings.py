@@ -89,6 +89,11 @@ def build_settings(config: Any, instance: Mapping[str, Any]) -> Settings:
     endpoints = [e for e in USAGE_ENDPOINTS if e in usage_endpoints]
     if getattr(config, 'collect_costs', True):
         endpoints.append(COSTS_ENDPOINT.name)
+    if not endpoints and not unknown:
+        problems.append(
+            '`usage_endpoints` is empty and `collect_costs` is false: the check has nothing to read. '
+            'List the usage endpoints to read, or turn costs on.'
+        )
 
     configured_group_by = getattr(config, 'group_by', None) or {}
     group_by = {}
