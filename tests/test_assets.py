@@ -772,7 +772,7 @@ def _fragments(node: ast.AST) -> list[str]:
 def operator_messages() -> dict[str, list[str]]:
     """Message source -> its literal fragments, for every warning, error and log message meant for the operator."""
     messages = {}
-    for module in ('check.py', 'client.py', 'collector.py', 'settings.py', 'names.py'):
+    for module in ('agent.py', 'check.py', 'client.py', 'collector.py', 'settings.py', 'names.py'):
         tree = ast.parse((PACKAGE / module).read_text())
         for node in ast.walk(tree):
             candidates = []
