@@ -51,8 +51,9 @@ def test_a_base_without_the_modules_the_check_imports_still_gets_the_message(rel
     # Before 37.8.0 there is no datadog_checks.base.utils.format, which the client imports: loading the check's
     # modules would fail with an ImportError that the Agent does not even show.
     monkeypatch.setitem(sys.modules, 'datadog_checks.base.utils.format', None)
-    for name in [m for m in sys.modules if m.startswith('datadog_checks.openai.') and m != 'datadog_checks.openai.agent']:
-        monkeypatch.delitem(sys.modules, name)
+    for name in [m for m in sys.modules if m.startswith('datadog_checks.openai.')]:
+        if name != 'datadog_checks.openai.agent':
+            monkeypatch.delitem(sys.modules, name)
     loaded = reload_package('37.7.0')
     assert 'datadog_checks.openai.check' not in sys.modules
     with pytest.raises(ConfigurationError, match='needs datadog-checks-base 37.20.0 or later'):
@@ -79,3 +80,118 @@ def test_every_place_that_states_the_minimum_agrees():
     requirements = readme.split('### Requirements\n', 1)[1].split('\n###', 1)[0]
     assert f'Datadog Agent **{MIN_AGENT_VERSION} or later**' in requirements
     assert f'`datadog-checks-base` {MINIMUM}' in requirements
+
+
+# == `agent check` detection ==============================================================================
+
+WIN_AGENT = 'C:\\Program Files\\Datadog\\Datadog Agent\\bin\\agent.exe'
+
+
+@pytest.mark.parametrize(
+    'argv, expected',
+    [
+        # Linux and macOS: the binary, and the `datadog-agent` link the packages put on PATH.
+        (['/opt/datadog-agent/bin/agent/agent', 'check', 'openai'], True),
+        (['datadog-agent', 'check', 'openai'], True),
+        (['/usr/bin/datadog-agent', 'check', 'openai', '--json'], True),
+        (['/usr/local/bin/datadog-agent', 'check', 'openai'], True),
+        (['agent', 'check', 'openai', '--check-rate', '--check-times', '2', '-l', 'debug'], True),
+        # Global flags before the subcommand, with their values separate or attached.
+        (['datadog-agent', '-c', '/etc/datadog-agent', 'check', 'openai'], True),
+        (['agent', '--cfgpath', '/etc/datadog-agent', 'check', 'openai'], True),
+        (['agent', '--cfgpath=/etc/datadog-agent', 'check', 'openai'], True),
+        (['agent', '-c/etc/datadog-agent', 'check', 'openai'], True),
+        (['agent', '-E', '/etc/datadog-agent/extra.yaml', '--extracfgpath', '/etc/more.yaml', 'check', 'openai'], True),
+        (['agent', '--sysprobecfgpath', '/etc/sp', '--fleetcfgpath', '/etc/fleet', 'check', 'openai'], True),
+        (['agent', '-n', '--common-root=/opt/datadog-agent', 'check', 'openai'], True),
+        # A flag's value is not the subcommand, even when it reads `check`.
+        (['agent', '-c', 'check', 'run'], False),
+        (['agent', '--cfgpath', 'check', 'status'], False),
+        # Windows: backslashes, agent.exe in any case, a quoted path.
+        ([WIN_AGENT, 'check', 'openai'], True),
+        ([WIN_AGENT, '-c', 'C:\\ProgramData\\Datadog', 'check', 'openai'], True),
+        (['agent.exe', 'check', 'openai'], True),
+        (['C:\\PROGRA~1\\Datadog\\DATADO~1\\bin\\Agent.EXE', 'check', 'openai'], True),
+        ([f'"{WIN_AGENT}"', 'check', 'openai'], True),
+        # The running Agent, and other subcommands.
+        (['/opt/datadog-agent/bin/agent/agent', 'run', '-p', '/opt/datadog-agent/run/agent.pid'], False),
+        (['agent', 'run'], False),
+        ([WIN_AGENT], False),
+        ([WIN_AGENT, 'run'], False),
+        (['datadog-agent', 'configcheck'], False),
+        (['datadog-agent', 'status'], False),
+        (['datadog-agent', 'integration', 'install', '-w', 'check'], False),
+        # Not the Agent at all.
+        (['/opt/datadog-agent/embedded/bin/python3', '-m', 'pytest'], False),
+        (['/usr/bin/python3', '/home/me/agent', 'check'], False),
+        (['C:\\Tools\\myagent.exe', 'check', 'openai'], False),
+        ([], False),
+    ],
+)
+def test_the_agent_check_command_is_recognised_on_every_platform(argv, expected):
+    from datadog_checks.openai.agent import is_agent_check_command
+
+    assert is_agent_check_command(argv) is expected
+
+
+class FakeProcess:
+    cmdline_value: list[str] = []
+
+    def cmdline(self):
+        return list(self.cmdline_value)
+
+
+@pytest.fixture
+def command_line(monkeypatch):
+    """Make psutil report this process's command line as the Agent's, the way it does inside the Agent."""
+    import psutil
+
+    def set_to(argv):
+        monkeypatch.setattr(FakeProcess, 'cmdline_value', argv)
+        monkeypatch.setattr(psutil, 'Process', FakeProcess)
+
+    return set_to
+
+
+def test_the_command_line_comes_from_psutil(command_line):
+    from datadog_checks.openai.agent import process_command_line
+
+    command_line([WIN_AGENT, 'check', 'openai'])
+    assert process_command_line() == [WIN_AGENT, 'check', 'openai']
+
+
+def test_without_psutil_linux_falls_back_to_proc(monkeypatch):
+    from datadog_checks.openai.agent import process_command_line
+
+    proc = Path('/proc/self/cmdline')
+    if not proc.exists():
+        pytest.skip('no /proc here')
+    monkeypatch.setitem(sys.modules, 'psutil', None)  # `import psutil` now raises ImportError
+    expected = [a.decode() for a in proc.read_bytes().split(b'\0') if a]
+    assert process_command_line() == expected
+
+
+@pytest.mark.parametrize(
+    'argv, saves',
+    [
+        ([WIN_AGENT, 'check', 'openai'], False),
+        (['/opt/datadog-agent/bin/agent/agent', 'check', 'openai'], False),
+        (['datadog-agent', '-c', '/opt/datadog-agent/etc', 'check', 'openai'], False),
+        (['/opt/datadog-agent/bin/agent/agent', 'run'], True),
+        ([WIN_AGENT], True),
+    ],
+)
+def test_the_check_decides_by_itself_whether_to_save_its_state(
+    argv, saves, command_line, clock, sim, make_check, dd_run_check, state, aggregator
+):
+    command_line(['/opt/datadog-agent/bin/agent/agent', 'run'])
+    agent = make_check(usage_endpoints=['completions'], collect_costs=False)
+    dd_run_check(agent)
+    saved = dict(state)
+    assert saved
+    clock.advance(3 * 3600)
+    command_line(argv)
+    second = make_check(usage_endpoints=['completions'], collect_costs=False)  # nothing set by hand
+    dd_run_check(second)
+    assert aggregator.metrics('openai.api.usage.completions.input_tokens')
+    assert (state != saved) is saves

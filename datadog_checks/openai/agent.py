@@ -1,8 +1,12 @@
-"""What the check needs to know about the Agent that runs it: whether its base is recent enough."""
+"""What the check needs to know about the Agent that runs it: whether its base is recent enough, and
+whether this process is `agent check openai` rather than the running Agent.
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 
 # datadog-checks-base honours an overridden `persistent_cache_id()` from 37.20.0 on (37.19.0 still keys the
 # cache on the whole-config check id), and `datadog_checks.base.utils.format` only exists from 37.8.0. Agent
@@ -54,3 +58,54 @@ def unsupported_check_class(message: str) -> type:
             pass
 
     return OpenAICheck
+
+
+# The Agent's executable, by the names it runs under: `agent` (Linux and macOS: /opt/datadog-agent/bin/agent/agent;
+# containers), `datadog-agent` (the link Linux and macOS packages put on PATH), `agent.exe` (Windows).
+AGENT_EXECUTABLES = ('agent', 'datadog-agent', 'agent.exe', 'datadog-agent.exe')
+# The Agent's global flags that take the next argument as their value (cmd/agent/command/command.go). Other flags
+# take no value (`-n`, `--no-color`), an attached one (`--cfgpath=/etc/datadog-agent`, `-c/etc/datadog-agent`), or an
+# optional one that must be attached (`--common-root=/opt/datadog-agent`).
+AGENT_FLAGS_WITH_VALUE = ('-c', '--cfgpath', '-E', '--extracfgpath', '--sysprobecfgpath', '--fleetcfgpath')
+
+
+def process_command_line() -> list[str]:
+    """The command line of this process, which under the Agent is the Agent's (Python checks run inside it).
+
+    psutil (shipped with the Agent) reads it on Linux, macOS and Windows; /proc is the fallback on Linux
+    and sys.argv the last resort."""
+    try:
+        import psutil
+
+        return list(psutil.Process().cmdline())
+    except Exception:  # not installed (a bare development venv), or the OS refused
+        pass
+    try:
+        with open(f'/proc/{os.getpid()}/cmdline', 'rb') as f:
+            return [a.decode(errors='replace') for a in f.read().split(b'\0') if a]
+    except OSError:
+        return list(sys.argv)
+
+
+def executable_name(path: str) -> str:
+    # Windows paths use backslashes, which os.path.basename does not split on Linux and macOS.
+    return re.split(r'[\\/]', path.strip().strip('"'))[-1].lower()
+
+
+def is_agent_check_command(argv: list[str]) -> bool:
+    """True for `agent [global flags] check ...`: the subcommand is the first argument that is not a flag or
+    a flag's value."""
+    if not argv or executable_name(argv[0]) not in AGENT_EXECUTABLES:
+        return False
+    args = iter(argv[1:])
+    for arg in args:
+        if arg in AGENT_FLAGS_WITH_VALUE:
+            next(args, None)
+        elif not arg.startswith('-'):
+            return arg == 'check'
+    return False
+
+
+def running_under_agent_check_command(argv: list[str] | None = None) -> bool:
+    """True inside `agent check <name>`, whose points go to a no-op forwarder."""
+    return is_agent_check_command(process_command_line() if argv is None else argv)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import sys
 import time
 
 from datadog_checks.base import AgentCheck
 
+from .agent import running_under_agent_check_command
 from .catalogue import (
     API_LATENCY,
     API_REQUESTS,
@@ -331,28 +330,6 @@ class OpenAICheck(AgentCheck, ConfigMixin):
                 parts.append('OpenAI rate limited some requests; the check retried within its time budget')
             return AgentCheck.WARNING, '; '.join(parts)
         return AgentCheck.OK, ''
-
-
-AGENT_FLAGS_WITH_VALUE = ('-c', '--cfgpath', '--extracfgpath', '--sysprobecfgpath', '--fleetcfgpath')
-
-
-def running_under_agent_check_command(argv: list[str] | None = None) -> bool:
-    """True inside `agent check <name>`, whose points go to a no-op forwarder."""
-    if argv is None:
-        try:
-            with open(f'/proc/{os.getpid()}/cmdline', 'rb') as f:
-                argv = [a.decode(errors='replace') for a in f.read().split(b'\0') if a]
-        except OSError:
-            argv = list(sys.argv)
-    if not argv or os.path.basename(argv[0]).lower() not in ('agent', 'agent.exe', 'datadog-agent'):
-        return False
-    args = iter(argv[1:])
-    for arg in args:
-        if arg in AGENT_FLAGS_WITH_VALUE:
-            next(args, None)
-        elif not arg.startswith('-'):
-            return arg == 'check'
-    return False
 
 
 def _duration(seconds: float) -> str:
