@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from datadog_checks.openai.__about__ import __version__
+from datadog_checks.openai.agent import MIN_BASE_VERSION
 from datadog_checks.openai.catalogue import (
     CAN_CONNECT,
     ENDPOINTS,
@@ -224,7 +225,9 @@ def test_wheel_holds_the_check_and_its_example_config_only(dists):
     assert 'datadog_checks/__init__.py' not in names
     assert not [n for n in names if not n.startswith(('datadog_checks/openai/', 'datadog_openai-'))]
     assert 'Requires-Python: >=3.12' in metadata
-    assert re.search(r'^Requires-Dist: datadog-checks-base>=37\.0\.0$', metadata, re.M)
+    # The floor the check enforces at load (agent.MIN_BASE_VERSION), declared where pip and the Agent read it.
+    minimum = re.escape('.'.join(map(str, MIN_BASE_VERSION)))
+    assert re.search(rf'^Requires-Dist: datadog-checks-base>={minimum}$', metadata, re.M)
 
 
 def test_sdist_leaves_the_tests_out(dists):
