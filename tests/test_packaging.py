@@ -132,11 +132,20 @@ def test_model_keeps_group_by_as_a_mapping_of_lists():
 def test_spec_documents_each_endpoint_group_by_as_the_catalogue_has_it():
     (group_by,) = [o for o in spec_instance_options() if o['name'] == 'group_by']
     documented = {}
+    names = []
     for line in group_by['description'].splitlines():
         m = re.match(r'^\s+([a-z_, ]+): ([a-z_, ]+?)(?: \[default: ([a-z_, ]+)\])?$', line)
         if m:
-            for name in m.group(1).split(', '):
+            names = m.group(1).split(', ')
+            for name in names:
                 documented[name] = (tuple(m.group(2).split(', ')), m.group(3))
+            continue
+        # The default on a line of its own, under the allowed values (ddev limits a description line's length).
+        m = re.match(r'^\s+\[default: ([a-z_, ]+)\]$', line)
+        if m:
+            for name in names:
+                documented[name] = (documented[name][0], m.group(1))
+        names = []
     assert set(documented) == {e.name for e in ENDPOINTS}
     for endpoint in ENDPOINTS:
         allowed, default = documented[endpoint.name]

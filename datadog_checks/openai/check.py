@@ -71,10 +71,13 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             self.register_secret(self.settings.admin_api_key)
             self.http.options['headers']['Authorization'] = f'Bearer {self.settings.admin_api_key}'
         self.base_tags = [f'openai_account:{self.settings.account_name}', *self.settings.tags]
+        # Names only for ids some endpoint is grouped by: listing every project's API keys for no tag would
+        # cost a request per project and hour.
+        grouped = {dim for dims in self.settings.group_by.values() for dim in dims}
         self.names = NameResolver(
-            self.settings.resolve_project_names,
-            self.settings.resolve_api_key_names,
-            self.settings.resolve_user_emails,
+            self.settings.resolve_project_names and 'project_id' in grouped,
+            self.settings.resolve_api_key_names and 'api_key_id' in grouped,
+            self.settings.resolve_user_emails and 'user_id' in grouped,
             self.settings.names_refresh_interval,
             self.clock,
         )
