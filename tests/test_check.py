@@ -299,3 +299,54 @@ def test_the_readmes_metric_patterns_example_drops_the_modality_splits(
     assert len(splits) == 9
     assert not sent & splits
     assert {'openai.api.usage.completions.input_tokens', 'openai.api.usage.completions.input_cached_tokens'} <= sent
+
+
+@pytest.mark.parametrize('group_by', [None, {'completions': ALL_COMPLETIONS_DIMS}], ids=['defaults', 'per_key_user'])
+def test_contexts_is_the_number_of_distinct_metric_contexts_a_run_sent_per_endpoint(
+    group_by, org, clock, sim, make_check, dd_run_check, aggregator
+):
+    from datadog_checks.openai.catalogue import ENDPOINTS, MONTH_TO_DATE, PROJECT_MONTH_TO_DATE
+
+    check = make_check(**({'group_by': group_by} if group_by else {}))
+    clock.advance(30 * H)
+    warm(check, clock, dd_run_check, runs=3)
+    aggregator.reset()
+    dd_run_check(check)
+    # Counted from what the aggregator received, not from the check's own bookkeeping: the Agent keys a context
+    # on the metric name and the set of tags.
+    reported = {
+        tags['endpoint']: m.value
+        for m, tags in zip(aggregator.metrics('openai.check.contexts'), tags_of(aggregator, 'openai.check.contexts'))
+    }
+    assert set(reported) == {e.name for e in ENDPOINTS}
+    for endpoint in ENDPOINTS:
+        names = {endpoint.metric_name(f) for f in endpoint.fields}
+        if endpoint.kind == 'costs':
+            names |= {MONTH_TO_DATE.name, PROJECT_MONTH_TO_DATE.name}
+        sent = {(name, frozenset(m.tags)) for name in names for m in aggregator.metrics(name)}
+        assert reported[endpoint.name] == len(sent), endpoint.name
+    # Not a count of series: a completions series reports several fields.
+    series = {m.value for m in aggregator.metrics('openai.check.series') if 'endpoint:completions' in m.tags}
+    assert reported['completions'] > max(series) > 0
+
+
+def test_series_whose_tags_come_out_the_same_count_as_one_context(
+    org, clock, sim, make_check, dd_run_check, aggregator
+):
+    # As if two models' names normalised to one tag value: the Agent would merge their series into one context.
+    check = make_check(usage_endpoints=['completions'], collect_costs=False)
+    own = check.dimension_tags
+    check.dimension_tags = lambda dim, value: ('model:same',) if dim == 'model' else own(dim, value)
+    clock.advance(30 * H)
+    warm(check, clock, dd_run_check, runs=3)
+    results = []
+    collect = check.collect
+    check.collect = lambda *args: results.append(collect(*args)) or results[-1]
+    aggregator.reset()
+    dd_run_check(check)
+    (reported,) = [m.value for m in aggregator.metrics('openai.check.contexts')]
+    endpoint_metrics = [n for n in aggregator.metric_names if n.startswith('openai.api.usage.completions.')]
+    sent = {(name, frozenset(m.tags)) for name in endpoint_metrics for m in aggregator.metrics(name)}
+    (result,) = results
+    assert reported == len(sent) > 0
+    assert reported < len({(metric, key) for metric, _, key in result.counts})  # the series that merged count once

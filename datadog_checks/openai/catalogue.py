@@ -296,11 +296,29 @@ DATA_LAG = _health(
     -1,
 )
 SERIES = _health('series', 'gauge', '', 'Series (group-by combinations) tracked in the re-read window, by endpoint.')
+# What the run cost in custom metrics: each distinct context (a metric name with one set of tags) is one.
+CONTEXTS = _health(
+    'contexts',
+    'gauge',
+    '',
+    'Distinct metric contexts (metric name and tag set, each a custom metric) the run submitted for the '
+    "endpoint's usage or cost data (health metrics not included), by endpoint.",
+)
 RUN_DURATION = _health('run.duration', 'gauge', 'second', 'Wall time of the last run of the check.', -1)
 STATE_SIZE = _health('state.size', 'gauge', 'byte', 'Size of the state kept in the persistent cache, by endpoint.')
 
 DERIVED_METRICS = (MONTH_TO_DATE, PROJECT_MONTH_TO_DATE)
-HEALTH_METRICS = (CAN_CONNECT, API_REQUESTS, API_LATENCY, API_RETRIES, DATA_LAG, SERIES, RUN_DURATION, STATE_SIZE)
+HEALTH_METRICS = (
+    CAN_CONNECT,
+    API_REQUESTS,
+    API_LATENCY,
+    API_RETRIES,
+    DATA_LAG,
+    SERIES,
+    CONTEXTS,
+    RUN_DURATION,
+    STATE_SIZE,
+)
 
 SERVICE_CHECK = f'{METRIC_NAMESPACE}.can_connect'
 
