@@ -276,3 +276,23 @@ def test_the_repository_carries_the_openapi_extract_and_reads_nothing_beside_it(
         and pattern.search((ROOT / name).read_text(errors='replace'))
     ]
     assert not offenders, offenders
+
+
+# -- versions -------------------------------------------------------------------------------------------
+
+CHANGELOG_HEADING = re.compile(r'^## (\d+)\.(\d+)\.(\d+) / (\d{4}-\d{2}-\d{2}|Unreleased)$', re.M)
+
+
+def test_the_changelogs_newest_version_is_the_packages():
+    # An unchanged version makes `integration install -w` of a rebuilt wheel a silent no-op: every change is versioned.
+    text = (ROOT / 'CHANGELOG.md').read_text()
+    headings = CHANGELOG_HEADING.findall(text)
+    assert headings, 'CHANGELOG.md has no "## X.Y.Z / date" heading'
+    versions = [tuple(map(int, h[:3])) for h in headings]
+    assert '.'.join(map(str, versions[0])) == __version__
+    assert versions == sorted(versions, reverse=True) and len(set(versions)) == len(versions)
+    # Every other level-2 heading is a version: no loose "Unreleased" section collecting changes with no version.
+    assert len(re.findall(r'^## ', text, re.M)) == len(headings)
+    assert [h[3] for h in headings[1:]] == [h[3] for h in headings[1:] if h[3] != 'Unreleased'], (
+        'only the newest may be unreleased'
+    )
