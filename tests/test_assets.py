@@ -27,6 +27,7 @@ from datadog_checks.openai.catalogue import (
     API_REQUESTS,
     API_RETRIES,
     CAN_CONNECT,
+    CONTEXTS,
     DATA_LAG,
     ENDPOINTS,
     INTEGRATION,
@@ -70,6 +71,7 @@ def metric_tag_keys() -> dict[str, frozenset[str]]:
     tags[API_RETRIES.name] = frozenset({ACCOUNT_TAG, 'endpoint', 'reason'})
     tags[DATA_LAG.name] = frozenset({ACCOUNT_TAG, 'endpoint'})
     tags[SERIES.name] = frozenset({ACCOUNT_TAG, 'endpoint'})
+    tags[CONTEXTS.name] = frozenset({ACCOUNT_TAG, 'endpoint'})
     tags[RUN_DURATION.name] = frozenset({ACCOUNT_TAG})
     tags[STATE_SIZE.name] = frozenset({ACCOUNT_TAG, 'endpoint'})
     return tags
@@ -772,7 +774,7 @@ def _fragments(node: ast.AST) -> list[str]:
 def operator_messages() -> dict[str, list[str]]:
     """Message source -> its literal fragments, for every warning, error and log message meant for the operator."""
     messages = {}
-    for module in ('check.py', 'client.py', 'collector.py', 'settings.py', 'names.py'):
+    for module in ('agent.py', 'check.py', 'client.py', 'collector.py', 'settings.py', 'names.py'):
         tree = ast.parse((PACKAGE / module).read_text())
         for node in ast.walk(tree):
             candidates = []

@@ -52,6 +52,19 @@ def benchmark_module():
     datadog_agent._cache.clear()
 
 
+def test_the_benchmark_keeps_its_scenario_whatever_the_defaults(benchmark_module):
+    # The README's figures were measured with every usage endpoint grouped by every dimension (0.1.0's default).
+    assert benchmark_module.GROUP_BY['completions'] == [
+        'project_id',
+        'user_id',
+        'api_key_id',
+        'model',
+        'batch',
+        'service_tier',
+    ]
+    assert set(benchmark_module.GROUP_BY) == set(USAGE_ENDPOINTS)
+
+
 def test_the_benchmark_runs_and_its_figures_add_up(benchmark_module, tmp_path, capsys, aggregator):
     out = tmp_path / 'report.json'
     report = benchmark_module.main(['--tiny', '--json', str(out)])

@@ -43,8 +43,12 @@ def test_metrics_match_the_catalogue_metadata_and_the_assets(org, clock, sim, ma
     assert not missing, f'dashboards or monitors query metrics the check never sends: {missing}'
 
 
+ALL_COMPLETIONS_DIMS = ['project_id', 'user_id', 'api_key_id', 'model', 'batch', 'service_tier']
+
+
 def test_series_carry_ids_names_and_no_null_dimensions(org, clock, sim, make_check, dd_run_check, aggregator):
-    check = make_check(tags=['team:ml'])
+    # Per-key (and per-user) splits are opt-in: ask for them to see their names.
+    check = make_check(tags=['team:ml'], group_by={'completions': ALL_COMPLETIONS_DIMS})
     clock.advance(30 * H)
     warm(check, clock, dd_run_check)
     rows = tags_of(aggregator, 'openai.api.usage.completions.input_tokens')
@@ -63,8 +67,23 @@ def test_series_carry_ids_names_and_no_null_dimensions(org, clock, sim, make_che
     assert any(t.get('project_id') in archived and t.get('project_name') for t in rows)
 
 
+def test_no_api_key_listing_unless_some_endpoint_is_grouped_by_key(org, clock, sim, make_check, dd_run_check):
+    # By default nothing is grouped by api_key_id: listing every project's keys each hour would be for nothing.
+    dd_run_check(make_check())
+    assert not sim.requests_to('api_keys')
+    assert sim.requests_to('projects')  # project names are still wanted
+    sim.clear_log()
+    dd_run_check(make_check(account_name='keys', group_by={'embeddings': ['project_id', 'api_key_id']}))
+    assert sim.requests_to('api_keys')
+
+
 def test_user_emails_on_request(org, clock, sim, make_check, dd_run_check, aggregator):
-    check = make_check(resolve_user_emails=True, usage_endpoints=['completions'], collect_costs=False)
+    check = make_check(
+        resolve_user_emails=True,
+        usage_endpoints=['completions'],
+        collect_costs=False,
+        group_by={'completions': ALL_COMPLETIONS_DIMS},
+    )
     clock.advance(30 * H)
     warm(check, clock, dd_run_check)
     emails = {u.id: u.email for u in org.users}
@@ -296,3 +315,84 @@ def test_an_unexpected_error_skips_one_endpoint_and_loses_nothing(
     group_by = check.settings.group_by['completions']
     expected = reported_totals(org, 'completions', group_by, org.traffic_start, int(now) + H, now)
     assert_same_totals(submitted_totals('completions', group_by), expected, 'completions')
+
+
+def test_the_readmes_metric_patterns_example_drops_the_modality_splits(
+    clock, sim, make_check, dd_run_check, aggregator
+):
+    import re
+
+    import yaml
+
+    from datadog_checks.openai.catalogue import ENDPOINTS_BY_NAME
+
+    from .test_assets import readme_text
+
+    section = readme_text().split('### Custom metrics\n', 1)[1].split('\n### ', 1)[0]
+    example = yaml.safe_load(re.search(r'```yaml\n(.*?)```', section, re.S).group(1))
+    (instance,) = example['instances']
+    check = make_check(
+        usage_endpoints=['completions'], collect_costs=False, metric_patterns=instance['metric_patterns']
+    )
+    warm(check, clock, dd_run_check, runs=3)
+    sent = {m for m in aggregator.metric_names if m.startswith('openai.api.usage.completions.')}
+    completions = ENDPOINTS_BY_NAME['completions']
+    splits = {
+        completions.metric_name(f)
+        for f in completions.fields
+        if f.name.endswith(('text_tokens', 'audio_tokens', 'image_tokens'))
+    }
+    assert len(splits) == 9
+    assert not sent & splits
+    assert {'openai.api.usage.completions.input_tokens', 'openai.api.usage.completions.input_cached_tokens'} <= sent
+
+
+@pytest.mark.parametrize('group_by', [None, {'completions': ALL_COMPLETIONS_DIMS}], ids=['defaults', 'per_key_user'])
+def test_contexts_is_the_number_of_distinct_metric_contexts_a_run_sent_per_endpoint(
+    group_by, org, clock, sim, make_check, dd_run_check, aggregator
+):
+    from datadog_checks.openai.catalogue import ENDPOINTS, MONTH_TO_DATE, PROJECT_MONTH_TO_DATE
+
+    check = make_check(**({'group_by': group_by} if group_by else {}))
+    clock.advance(30 * H)
+    warm(check, clock, dd_run_check, runs=3)
+    aggregator.reset()
+    dd_run_check(check)
+    # Counted from what the aggregator received, not from the check's own bookkeeping: the Agent keys a context
+    # on the metric name and the set of tags.
+    reported = {
+        tags['endpoint']: m.value
+        for m, tags in zip(aggregator.metrics('openai.check.contexts'), tags_of(aggregator, 'openai.check.contexts'))
+    }
+    assert set(reported) == {e.name for e in ENDPOINTS}
+    for endpoint in ENDPOINTS:
+        names = {endpoint.metric_name(f) for f in endpoint.fields}
+        if endpoint.kind == 'costs':
+            names |= {MONTH_TO_DATE.name, PROJECT_MONTH_TO_DATE.name}
+        sent = {(name, frozenset(m.tags)) for name in names for m in aggregator.metrics(name)}
+        assert reported[endpoint.name] == len(sent), endpoint.name
+    # Not a count of series: a completions series reports several fields.
+    series = {m.value for m in aggregator.metrics('openai.check.series') if 'endpoint:completions' in m.tags}
+    assert reported['completions'] > max(series) > 0
+
+
+def test_series_whose_tags_come_out_the_same_count_as_one_context(
+    org, clock, sim, make_check, dd_run_check, aggregator
+):
+    # As if two models' names normalised to one tag value: the Agent would merge their series into one context.
+    check = make_check(usage_endpoints=['completions'], collect_costs=False)
+    own = check.dimension_tags
+    check.dimension_tags = lambda dim, value: ('model:same',) if dim == 'model' else own(dim, value)
+    clock.advance(30 * H)
+    warm(check, clock, dd_run_check, runs=3)
+    results = []
+    collect = check.collect
+    check.collect = lambda *args: results.append(collect(*args)) or results[-1]
+    aggregator.reset()
+    dd_run_check(check)
+    (reported,) = [m.value for m in aggregator.metrics('openai.check.contexts')]
+    endpoint_metrics = [n for n in aggregator.metric_names if n.startswith('openai.api.usage.completions.')]
+    sent = {(name, frozenset(m.tags)) for name in endpoint_metrics for m in aggregator.metrics(name)}
+    (result,) = results
+    assert reported == len(sent) > 0
+    assert reported < len({(metric, key) for metric, _, key in result.counts})  # the series that merged count once

@@ -33,6 +33,42 @@ def test_defaults_collect_every_endpoint_with_the_catalogue_group_bys():
     assert not settings.resolve_user_emails
 
 
+# What the price of each endpoint's usage depends on: the default splits by these and by nothing else.
+PRICED_BY = {
+    'completions': ('project_id', 'model', 'batch', 'service_tier'),
+    'embeddings': ('project_id', 'model'),
+    'moderations': ('project_id', 'model'),
+    'images': ('project_id', 'model', 'size'),
+    'audio_speeches': ('project_id', 'model'),
+    'audio_transcriptions': ('project_id', 'model'),
+    'vector_stores': ('project_id',),
+    'code_interpreter_sessions': ('project_id',),
+    'file_search_calls': ('project_id',),
+    'web_search_calls': ('project_id', 'model'),
+    'costs': ('project_id', 'line_item'),
+}
+
+
+def test_the_default_group_by_is_cheap_users_and_keys_are_opt_in():
+    settings = load().settings
+    assert dict(settings.group_by) == PRICED_BY
+    for name, dims in settings.group_by.items():
+        assert not {'user_id', 'api_key_id', 'vector_store_id'} & set(dims), name
+
+
+def test_the_defaults_are_in_the_order_an_explicit_group_by_gets():
+    # Writing the default out in conf.yaml must not change the ledger's shape (that would re-baseline).
+    defaults = load().settings.group_by
+    explicit = load(group_by={name: list(reversed(dims)) for name, dims in defaults.items()}).settings.group_by
+    assert explicit == defaults
+
+
+def test_per_user_and_per_key_splits_can_be_asked_for():
+    settings = load(group_by={'completions': ['project_id', 'user_id', 'api_key_id', 'model']}).settings
+    assert settings.group_by['completions'] == ('project_id', 'user_id', 'api_key_id', 'model')
+    assert settings.group_by['embeddings'] == ('project_id', 'model')  # the others keep their defaults
+
+
 def test_group_by_is_validated_against_what_each_endpoint_accepts():
     message = problems(group_by={'vector_stores': ['project_id', 'model'], 'file_search_calls': ['model']})
     assert '`group_by.vector_stores` has model' in message

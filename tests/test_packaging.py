@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from datadog_checks.openai.__about__ import __version__
+from datadog_checks.openai.agent import MIN_BASE_VERSION
 from datadog_checks.openai.catalogue import (
     CAN_CONNECT,
     ENDPOINTS,
@@ -131,11 +132,20 @@ def test_model_keeps_group_by_as_a_mapping_of_lists():
 def test_spec_documents_each_endpoint_group_by_as_the_catalogue_has_it():
     (group_by,) = [o for o in spec_instance_options() if o['name'] == 'group_by']
     documented = {}
+    names = []
     for line in group_by['description'].splitlines():
         m = re.match(r'^\s+([a-z_, ]+): ([a-z_, ]+?)(?: \[default: ([a-z_, ]+)\])?$', line)
         if m:
-            for name in m.group(1).split(', '):
+            names = m.group(1).split(', ')
+            for name in names:
                 documented[name] = (tuple(m.group(2).split(', ')), m.group(3))
+            continue
+        # The default on a line of its own, under the allowed values (ddev limits a description line's length).
+        m = re.match(r'^\s+\[default: ([a-z_, ]+)\]$', line)
+        if m:
+            for name in names:
+                documented[name] = (documented[name][0], m.group(1))
+        names = []
     assert set(documented) == {e.name for e in ENDPOINTS}
     for endpoint in ENDPOINTS:
         allowed, default = documented[endpoint.name]
@@ -224,7 +234,9 @@ def test_wheel_holds_the_check_and_its_example_config_only(dists):
     assert 'datadog_checks/__init__.py' not in names
     assert not [n for n in names if not n.startswith(('datadog_checks/openai/', 'datadog_openai-'))]
     assert 'Requires-Python: >=3.12' in metadata
-    assert re.search(r'^Requires-Dist: datadog-checks-base>=37\.0\.0$', metadata, re.M)
+    # The floor the check enforces at load (agent.MIN_BASE_VERSION), declared where pip and the Agent read it.
+    minimum = re.escape('.'.join(map(str, MIN_BASE_VERSION)))
+    assert re.search(rf'^Requires-Dist: datadog-checks-base>={minimum}$', metadata, re.M)
 
 
 def test_sdist_leaves_the_tests_out(dists):
@@ -264,3 +276,23 @@ def test_the_repository_carries_the_openapi_extract_and_reads_nothing_beside_it(
         and pattern.search((ROOT / name).read_text(errors='replace'))
     ]
     assert not offenders, offenders
+
+
+# -- versions -------------------------------------------------------------------------------------------
+
+CHANGELOG_HEADING = re.compile(r'^## (\d+)\.(\d+)\.(\d+) / (\d{4}-\d{2}-\d{2}|Unreleased)$', re.M)
+
+
+def test_the_changelogs_newest_version_is_the_packages():
+    # An unchanged version makes `integration install -w` of a rebuilt wheel a silent no-op: every change is versioned.
+    text = (ROOT / 'CHANGELOG.md').read_text()
+    headings = CHANGELOG_HEADING.findall(text)
+    assert headings, 'CHANGELOG.md has no "## X.Y.Z / date" heading'
+    versions = [tuple(map(int, h[:3])) for h in headings]
+    assert '.'.join(map(str, versions[0])) == __version__
+    assert versions == sorted(versions, reverse=True) and len(set(versions)) == len(versions)
+    # Every other level-2 heading is a version: no loose "Unreleased" section collecting changes with no version.
+    assert len(re.findall(r'^## ', text, re.M)) == len(headings)
+    assert [h[3] for h in headings[1:]] == [h[3] for h in headings[1:] if h[3] != 'Unreleased'], (
+        'only the newest may be unreleased'
+    )

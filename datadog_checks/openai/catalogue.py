@@ -31,6 +31,10 @@ BUCKET_SECONDS = {'1m': 60, '1h': 3600, '1d': 86400}
 
 USER_DIMS = ('project_id', 'user_id', 'api_key_id')
 MODEL_DIMS = USER_DIMS + ('model',)
+# The default split: by project and by model, the dimensions every price depends on. Per-user and per-key
+# splits multiply the series (each a billed custom metric) by the users and keys: opt-in. Endpoints add the
+# dimensions that change the price of what they count (batch and service tier for completions, size for images).
+DEFAULT_DIMS = ('project_id', 'model')
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         'organization.usage.completions.result',
         COMPLETIONS_FIELDS,
         MODEL_DIMS + ('batch', 'service_tier'),
+        DEFAULT_DIMS + ('batch', 'service_tier'),
         description='Chat, responses and completions',
     ),
     _usage(
@@ -143,6 +148,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         'organization.usage.embeddings.result',
         (_tok('input_tokens', 'Input tokens embedded.'), REQUESTS),
         MODEL_DIMS,
+        DEFAULT_DIMS,
         description='Embeddings',
     ),
     _usage(
@@ -150,6 +156,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         'organization.usage.moderations.result',
         (_tok('input_tokens', 'Input tokens moderated.'), REQUESTS),
         MODEL_DIMS,
+        DEFAULT_DIMS,
         description='Moderations',
     ),
     _usage(
@@ -157,6 +164,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         'organization.usage.images.result',
         (Field('images', 'item', 'Images generated, edited or varied.'), REQUESTS),
         MODEL_DIMS + ('size', 'source'),
+        DEFAULT_DIMS + ('size',),
         description='Images',
     ),
     _usage(
@@ -164,6 +172,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         'organization.usage.audio_speeches.result',
         (Field('characters', '', 'Characters of text turned into speech.'), REQUESTS),
         MODEL_DIMS,
+        DEFAULT_DIMS,
         description='Text to speech',
     ),
     _usage(
@@ -171,6 +180,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         'organization.usage.audio_transcriptions.result',
         (Field('seconds', 'second', 'Seconds of audio transcribed.'), REQUESTS),
         MODEL_DIMS,
+        DEFAULT_DIMS,
         description='Speech to text',
     ),
     _usage(
@@ -192,6 +202,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         'organization.usage.file_searches.result',
         (Field('num_requests', 'request', 'File search calls.'),),
         USER_DIMS + ('vector_store_id',),
+        ('project_id',),
         description='File search',
     ),
     _usage(
@@ -199,6 +210,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         'organization.usage.web_searches.result',
         (Field('num_requests', 'request', 'Web search calls.'), REQUESTS),
         MODEL_DIMS + ('context_level',),
+        DEFAULT_DIMS,
         description='Web search',
     ),
     Endpoint(
@@ -284,11 +296,29 @@ DATA_LAG = _health(
     -1,
 )
 SERIES = _health('series', 'gauge', '', 'Series (group-by combinations) tracked in the re-read window, by endpoint.')
+# What the run cost in custom metrics: each distinct context (a metric name with one set of tags) is one.
+CONTEXTS = _health(
+    'contexts',
+    'gauge',
+    '',
+    'Distinct metric contexts (metric name and tag set, each a custom metric) the run submitted for the '
+    "endpoint's usage or cost data (health metrics not included), by endpoint.",
+)
 RUN_DURATION = _health('run.duration', 'gauge', 'second', 'Wall time of the last run of the check.', -1)
 STATE_SIZE = _health('state.size', 'gauge', 'byte', 'Size of the state kept in the persistent cache, by endpoint.')
 
 DERIVED_METRICS = (MONTH_TO_DATE, PROJECT_MONTH_TO_DATE)
-HEALTH_METRICS = (CAN_CONNECT, API_REQUESTS, API_LATENCY, API_RETRIES, DATA_LAG, SERIES, RUN_DURATION, STATE_SIZE)
+HEALTH_METRICS = (
+    CAN_CONNECT,
+    API_REQUESTS,
+    API_LATENCY,
+    API_RETRIES,
+    DATA_LAG,
+    SERIES,
+    CONTEXTS,
+    RUN_DURATION,
+    STATE_SIZE,
+)
 
 SERVICE_CHECK = f'{METRIC_NAMESPACE}.can_connect'
 

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import sys
 import time
 
 from datadog_checks.base import AgentCheck
 from datadog_checks.base.errors import CheckException
 
+from .agent import running_under_agent_check_command
 from .catalogue import (
     API_LATENCY,
     API_REQUESTS,
     API_RETRIES,
     CAN_CONNECT,
+    CONTEXTS,
     DATA_LAG,
     ENDPOINTS_BY_NAME,
     MONTH_TO_DATE,
@@ -73,10 +73,13 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             self.register_secret(self.settings.admin_api_key)
             self.http.options['headers']['Authorization'] = f'Bearer {self.settings.admin_api_key}'
         self.base_tags = [f'openai_account:{self.settings.account_name}', *self.settings.tags]
+        # Names only for ids some endpoint is grouped by: listing every project's API keys for no tag would
+        # cost a request per project and hour.
+        grouped = {dim for dims in self.settings.group_by.values() for dim in dims}
         self.names = NameResolver(
-            self.settings.resolve_project_names,
-            self.settings.resolve_api_key_names,
-            self.settings.resolve_user_emails,
+            self.settings.resolve_project_names and 'project_id' in grouped,
+            self.settings.resolve_api_key_names and 'api_key_id' in grouped,
+            self.settings.resolve_user_emails and 'user_id' in grouped,
             self.settings.names_refresh_interval,
             self.clock,
         )
@@ -196,7 +199,7 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         if window.baseline:
             if not result.complete:
                 # Half a baseline would make the next run submit the unread buckets' past usage.
-                self.submit_levels(result)
+                self.report_contexts(result, self.submit_levels(result))
                 return
             self.log.info(
                 '%s: no saved state for this account; recorded a baseline of the last %s buckets, so usage from '
@@ -225,20 +228,40 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         dims = result.dims
         for metric, value, key in result.counts:
             self.count(metric, value, tags=tags_of(dims, key))
-        self.submit_levels(result)
+        # Metric names differ between counts, levels and month-to-date gauges: their contexts add up.
+        contexts = self.contexts_of(dims, {(metric, key) for metric, _, key in result.counts})
+        contexts += self.submit_levels(result)
         if result.complete and result.endpoint.kind == 'costs':
-            self.submit_month_to_date(result)
+            contexts += self.submit_month_to_date(result)
+        self.report_contexts(result, contexts)
 
-    def submit_levels(self, result: EndpointResult) -> None:
+    def submit_levels(self, result: EndpointResult) -> int:
         for metric, value, key in result.gauges:
             self.gauge(metric, value, tags=self.series_tags(result.dims, key))
+        return self.contexts_of(result.dims, {(metric, key) for metric, _, key in result.gauges})
 
-    def submit_month_to_date(self, result: EndpointResult) -> None:
+    def submit_month_to_date(self, result: EndpointResult) -> int:
         for currency, total in result.month_totals.items():
             self.gauge(MONTH_TO_DATE.name, total, tags=self.base_tags + [f'currency:{currency}'])
+        dims = ('project_id', 'currency')
+        submitted = set()
         for (currency, project_id), total in result.project_month_totals.items():
-            tags = self.series_tags(('project_id', 'currency'), SEP.join((project_id, currency)))
-            self.gauge(PROJECT_MONTH_TO_DATE.name, total, tags=tags)
+            key = SEP.join((project_id, currency))
+            self.gauge(PROJECT_MONTH_TO_DATE.name, total, tags=self.series_tags(dims, key))
+            submitted.add((PROJECT_MONTH_TO_DATE.name, key))
+        return len(result.month_totals) + self.contexts_of(dims, submitted)
+
+    def contexts_of(self, dims: tuple[str, ...], submitted: set) -> int:
+        """How many metric contexts the (metric, series key) pairs submitted make: the Agent keys a context on the
+        metric name and the set of tags, so series whose tags come out the same share one (and one custom metric)."""
+        tags_of = self.series_tags
+        keys = {key for _, key in submitted}
+        if len({frozenset(tags_of(dims, key)) for key in keys}) == len(keys):
+            return len(submitted)  # the usual case: one tag set per series
+        return len({(metric, frozenset(tags_of(dims, key))) for metric, key in submitted})
+
+    def report_contexts(self, result: EndpointResult, contexts: int) -> None:
+        self.gauge(CONTEXTS.name, contexts, tags=self.base_tags + [f'endpoint:{result.endpoint.name}'])
 
     def load_ledger(self, name: str, now: float) -> Ledger | None:
         if name in self.ledgers:
@@ -346,28 +369,6 @@ class OpenAICheck(AgentCheck, ConfigMixin):
                 parts.append('OpenAI rate limited some requests; the check retried within its time budget')
             return AgentCheck.WARNING, '; '.join(parts)
         return AgentCheck.OK, ''
-
-
-AGENT_FLAGS_WITH_VALUE = ('-c', '--cfgpath', '--extracfgpath', '--sysprobecfgpath', '--fleetcfgpath')
-
-
-def running_under_agent_check_command(argv: list[str] | None = None) -> bool:
-    """True inside `agent check <name>`, whose points go to a no-op forwarder."""
-    if argv is None:
-        try:
-            with open(f'/proc/{os.getpid()}/cmdline', 'rb') as f:
-                argv = [a.decode(errors='replace') for a in f.read().split(b'\0') if a]
-        except OSError:
-            argv = list(sys.argv)
-    if not argv or os.path.basename(argv[0]).lower() not in ('agent', 'agent.exe', 'datadog-agent'):
-        return False
-    args = iter(argv[1:])
-    for arg in args:
-        if arg in AGENT_FLAGS_WITH_VALUE:
-            next(args, None)
-        elif not arg.startswith('-'):
-            return arg == 'check'
-    return False
 
 
 def _duration(seconds: float) -> str:
