@@ -1,0 +1,203 @@
+"""Hostile and broken inputs, against a misbehaving server on loopback (tests/hostile.py) or a damaged
+saved state: the admin key never leaks, one response cannot exhaust memory or time, no request leaves
+the configured host, and bad data never becomes a metric.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import logging
+import math
+import re
+import time
+import tracemalloc
+import zlib
+from pathlib import Path
+
+import pytest
+from datadog_checks.base import AgentCheck, ConfigurationError
+from datadog_checks.base.stubs import aggregator as _aggregator
+from datadog_checks.base.stubs import datadog_agent as _datadog_agent
+
+from datadog_checks.openai import OpenAICheck
+from datadog_checks.openai import client as client_module
+from datadog_checks.openai.collector import SEP
+from datadog_checks.openai.ledger import Ledger
+from datadog_checks.openai.settings import Settings
+
+from .hostile import (
+    HostileServer,
+    Reply,
+    bucket,
+    completions_row,
+    cost_row,
+    dumps,
+    gzip_bomb,
+    gzipped,
+    listing,
+    page,
+)
+
+H = 3600
+D = 86400
+# 2026-01-01T10:10:00Z: inside the first hour bucket of a month, so costs and usage share one day.
+NOW = 1_767_225_600 + 10 * H + 600
+HOUR = NOW // H * H
+DAY = NOW // D * D
+# Long and distinctive, so that a partial leak shows too (any 16 characters of it).
+KEY = 'sk-admin-' + 'Zq7RtY2wPx9K' * 6 + 'endOfTheKey42'
+OTHER_KEY = 'sk-admin-' + 'Mn4BvC8xLk3J' * 6 + 'rotatedKey77'
+JSON = {'Content-Type': 'application/json'}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class FakeTime:
+    """The check's clocks, moving only when the check sleeps or the test advances them."""
+
+    def __init__(self, now: float = NOW):
+        self.t = float(now)
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@pytest.fixture
+def hostile():
+    with HostileServer() as server:
+        yield server
+
+
+@pytest.fixture
+def fake():
+    return FakeTime()
+
+
+@pytest.fixture
+def make(hostile, fake, state, aggregator):
+    def make_check(real_time=False, **overrides):
+        instance = {
+            'account_name': 'evil',
+            'admin_api_key': KEY,
+            'api_base_url': hostile.base_url,
+            'min_collection_interval': 300,
+            'timeout': 5,
+            'usage_endpoints': ['completions'],
+            'collect_costs': False,
+            'resolve_project_names': False,
+            'resolve_api_key_names': False,
+            'max_retries': 1,
+            **overrides,
+        }
+        instance = {k: v for k, v in instance.items() if v is not None}
+        check = OpenAICheck('openai', {}, [instance])
+        if not real_time:
+            check.clock = fake.now
+            check.monotonic = fake.now
+            check.sleep = fake.sleep
+        return check
+
+    return make_check
+
+
+def initialize(check) -> None:
+    """What the first run does before collecting: build the config models, then the settings."""
+    while check.check_initializations:
+        check.check_initializations.popleft()()
+
+
+def key_file(tmp_path, content: str) -> dict:
+    path = tmp_path / 'openai_admin_key'
+    path.write_text(content)
+    return {
+        'reader': {'type': 'file', 'path': str(path)},
+        'writer': {'type': 'header', 'name': 'Authorization', 'value': 'Bearer <TOKEN>'},
+    }
+
+
+def statuses():
+    return [sc for scs in _aggregator._service_checks.values() for sc in scs]
+
+
+def last_status():
+    return _aggregator.service_checks('openai.can_connect')[-1]
+
+
+def all_tags() -> list[str]:
+    return [t for stubs in _aggregator._metrics.values() for m in stubs for t in m.tags]
+
+
+# -- 8. The saved state is validated on load ------------------------------------------------------------
+
+
+def corrupt(text: str, how: str) -> str:
+    data = json.loads(text)
+    [values] = [v for _, v in data['buckets'].values()][:1]
+    if how == 'negative':
+        values[0][0] = -1e15
+    elif how == 'huge':
+        values[0][0] = 1e300
+    elif how == 'string':
+        values[0][0] = '1000'
+    elif how == 'short row':
+        values[0].pop()
+    elif how == 'bad index':
+        next(iter(data['buckets'].values()))[0][0] = 99
+    elif how == 'separator in a key':
+        data['series'][0] += SEP + 'evil'
+    elif how == 'buckets as a list':
+        data['buckets'] = list(data['buckets'].values())
+    elif how == 'nan':
+        values[0][0] = math.nan  # written as NaN, which only a lenient decoder reads
+    elif how == 'not json':
+        return text[: len(text) // 2]
+    return json.dumps(data)
+
+
+CORRUPTIONS = [
+    'negative',
+    'huge',
+    'string',
+    'short row',
+    'bad index',
+    'separator in a key',
+    'buckets as a list',
+    'nan',
+    'not json',
+]
+
+
+@pytest.mark.parametrize('how', CORRUPTIONS)
+def test_a_damaged_state_gets_one_warning_and_a_new_baseline(how, hostile, make, fake, state, dd_run_check, aggregator):
+    tokens = [1000]
+    hostile.respond = lambda request: Reply(
+        200, page(bucket(HOUR, completions_row(tokens[0], model='a'), completions_row(5, model='b'))), JSON
+    )
+    check = make(group_by={'completions': ['model']})
+    dd_run_check(check)
+    [name] = [k for k in state if k.endswith('ledger_completions')]
+    state[name] = corrupt(state[name], how)
+    tokens[0] = 1100
+    fake.sleep(300)
+    aggregator.reset()
+    check = make(group_by={'completions': ['model']})  # a restart: the state is read from disk
+    dd_run_check(check)
+    unreadable = [w for w in check.warnings if 'the saved state is unreadable' in w]
+    assert len(unreadable) == 1 and 'recording a new baseline' in unreadable[0]
+    assert not aggregator.metrics('openai.api.usage.completions.input_tokens')  # a baseline, no huge delta
+    Ledger.loads(state[name])  # the new state is sound
+    # The next run is a normal one: no warning again, no crash, the right difference.
+    tokens[0] = 1150
+    fake.sleep(300)
+    aggregator.reset()
+    dd_run_check(check)
+    assert len([w for w in check.warnings if 'unreadable' in w or 'unexpected error' in w]) == 1
+    aggregator.assert_metric('openai.api.usage.completions.input_tokens', 50, tags=['openai_account:evil', 'model:a'])
+    for stubs in _aggregator._metrics.values():
+        assert all(abs(m.value) < 1e6 for m in stubs)
+
+
