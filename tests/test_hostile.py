@@ -131,6 +131,120 @@ def all_tags() -> list[str]:
     return [t for stubs in _aggregator._metrics.values() for m in stubs for t in m.tags]
 
 
+# -- 6. Non-finite numbers are malformed --------------------------------------------------------------
+
+
+@pytest.fixture
+def stdlib_json(monkeypatch):
+    """The JSON decoder of an Agent without orjson, which reads NaN, Infinity and 1e999 as floats."""
+
+    class Stdlib:
+        decode = staticmethod(json.loads)
+        encode = staticmethod(json.dumps)
+
+    monkeypatch.setattr(client_module, 'json', Stdlib)
+
+
+def serve_costs(hostile, rows_of_run):
+    """Costs pages: the rows of the current run (rows_of_run[0] first), one daily bucket."""
+
+    def respond(request):
+        return Reply(200, page(bucket(DAY, *rows_of_run[0], width=D)), JSON)
+
+    hostile.respond = respond
+
+
+@pytest.mark.parametrize('decoder', ['orjson', 'stdlib'])
+@pytest.mark.parametrize('bad', ['NaN', 'Infinity', '-Infinity', '1e999', '-5', -5, 1e300, 'nan-numeric'])
+def test_non_finite_and_negative_amounts_are_malformed(bad, decoder, hostile, make, fake, dd_run_check, request):
+    if decoder == 'stdlib':
+        request.getfixturevalue('stdlib_json')
+    elif bad == 'nan-numeric':
+        pytest.skip('orjson refuses a NaN literal: the whole page is not JSON (covered elsewhere)')
+    if bad == 'nan-numeric':
+        bad = math.nan
+    rows = [[cost_row(1.5, 'proj_a'), cost_row(2.0, 'proj_b')]]
+    serve_costs(hostile, rows)
+    check = make(usage_endpoints=[], collect_costs=True, group_by={'costs': ['project_id']})
+    dd_run_check(check)  # the baseline
+    for run, row_a, row_b in ((2, bad, 2.5), (3, 1.75, 2.5)):
+        rows[0] = [cost_row(row_a, 'proj_a'), cost_row(row_b, 'proj_b')]
+        fake.sleep(300)
+        _aggregator.reset()
+        dd_run_check(check)
+        amounts = {
+            next(t for t in m.tags if t.startswith('project_id:')): m.value
+            for m in _aggregator.metrics('openai.api.costs.amount')
+        }
+        totals = [m.value for m in _aggregator.metrics('openai.api.costs.month_to_date')]
+        assert totals and all(math.isfinite(v) for v in totals)
+        if run == 2:
+            assert amounts == {'project_id:proj_b': pytest.approx(0.5)}
+            assert totals[-1] == pytest.approx(4.0)  # proj_a's last good figure stands in the month's total
+            assert any('1 malformed rows or buckets were skipped' in w for w in check.warnings)
+        else:
+            assert amounts == {'project_id:proj_a': pytest.approx(0.25)}
+            assert totals[-1] == pytest.approx(4.25)
+        for text in _datadog_agent._cache.values():
+            assert 'NaN' not in text and 'Infinity' not in text
+            Ledger.loads(text)
+    for stubs in _aggregator._metrics.values():
+        assert all(math.isfinite(m.value) for m in stubs)
+
+
+def test_non_finite_usage_counts_are_malformed(stdlib_json, hostile, make, fake, dd_run_check, aggregator):
+    tokens = [100]
+
+    def respond(request):
+        rows = [completions_row(tokens[0], model='a'), completions_row(10, model='b')]
+        return Reply(200, page(bucket(HOUR, *rows)).replace(b'"input_tokens": 101', b'"input_tokens": 1e999'), JSON)
+
+    hostile.respond = respond
+    check = make(group_by={'completions': ['model']})
+    dd_run_check(check)
+    tokens[0] = 101  # sent as 1e999
+    fake.sleep(300)
+    aggregator.reset()
+    dd_run_check(check)
+    assert not aggregator.metrics('openai.api.usage.completions.input_tokens')
+    assert any('1 malformed rows' in w for w in check.warnings)
+    tokens[0] = 150
+    fake.sleep(300)
+    aggregator.reset()
+    dd_run_check(check)
+    aggregator.assert_metric('openai.api.usage.completions.input_tokens', 50, tags=['openai_account:evil', 'model:a'])
+
+
+# -- 7. Tag values as Datadog stores them, distinct ids distinct, no separator injection ---------------
+
+
+def test_a_separator_in_a_value_cannot_shift_dimensions(hostile, make, fake, dd_run_check, aggregator):
+    tokens = [100]
+
+    def respond(request):
+        rows = [
+            completions_row(tokens[0], user_id=f'user_a{SEP}evil', api_key_id='key_a'),
+            completions_row(tokens[0], user_id='user_b', api_key_id='key_b'),
+        ]
+        return Reply(200, page(bucket(HOUR, *rows)), JSON)
+
+    hostile.respond = respond
+    check = make(group_by={'completions': ['user_id', 'api_key_id']})
+    dd_run_check(check)
+    tokens[0] = 130
+    fake.sleep(300)
+    aggregator.reset()
+    dd_run_check(check)
+    tags = all_tags()
+    assert 'api_key_id:evil' not in tags and 'user_id:user_a' not in tags
+    aggregator.assert_metric(
+        'openai.api.usage.completions.input_tokens',
+        30,
+        tags=['openai_account:evil', 'user_id:user_b', 'api_key_id:key_b'],
+    )
+    assert any('1 malformed rows' in w for w in check.warnings)
+
+
 # -- 8. The saved state is validated on load ------------------------------------------------------------
 
 
