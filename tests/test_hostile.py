@@ -26,6 +26,7 @@ from datadog_checks.openai import client as client_module
 from datadog_checks.openai.collector import SEP
 from datadog_checks.openai.ledger import Ledger
 from datadog_checks.openai.settings import Settings
+from datadog_checks.openai.tags import MAX_TAG_LENGTH
 
 from .hostile import (
     HostileServer,
@@ -243,6 +244,49 @@ def test_a_separator_in_a_value_cannot_shift_dimensions(hostile, make, fake, dd_
         tags=['openai_account:evil', 'user_id:user_b', 'api_key_id:key_b'],
     )
     assert any('1 malformed rows' in w for w in check.warnings)
+
+
+
+ALLOWED_TAG = re.compile(r'[a-z][a-z0-9_:./-]*')
+
+
+def test_tag_values_are_normalized_and_distinct_ids_stay_distinct(hostile, make, fake, dd_run_check, aggregator):
+    long_a = 'Model ' + 'x' * 300 + ' A'
+    long_b = 'Model ' + 'x' * 300 + ' B'
+    tokens = [100]
+
+    def respond(request):
+        if request.path == '/v1/organization/projects':
+            names = [('proj_A,B', 'Team|Alpha\nOne'), ('proj_A;B', 'TEAM ALPHA ONE'), ('proj_C', 'y' * 300)]
+            projects = [{'object': 'organization.project', 'id': i, 'name': n} for i, n in names]
+            return Reply(200, listing(*projects), JSON)
+        rows = [
+            completions_row(tokens[0], project_id='proj_A,B', model=long_a),
+            completions_row(tokens[0], project_id='proj_A;B', model=long_b),
+            completions_row(tokens[0], project_id='proj_C', model='GPT-4o'),
+        ]
+        return Reply(200, page(bucket(HOUR, *rows)), JSON)
+
+    hostile.respond = respond
+    check = make(group_by={'completions': ['project_id', 'model']}, resolve_project_names=True)
+    dd_run_check(check)
+    tokens[0] = 150
+    fake.sleep(300)
+    aggregator.reset()
+    dd_run_check(check)
+    series = aggregator.metrics('openai.api.usage.completions.input_tokens')
+    assert len(series) == 3 and all(m.value == 50 for m in series)
+    tag_sets = [dict(t.split(':', 1) for t in m.tags) for m in series]
+    # Distinct ids and distinct long values keep distinct tags.
+    assert len({t['project_id'] for t in tag_sets}) == 3
+    assert len({t['model'] for t in tag_sets}) == 3
+    for tag in all_tags():
+        assert len(tag) <= MAX_TAG_LENGTH, tag
+        assert ALLOWED_TAG.fullmatch(tag), tag
+    by_project = {t['project_id']: t for t in tag_sets}
+    assert by_project['proj_c']['model'] == 'gpt-4o'
+    assert by_project['proj_c']['project_name'].startswith('yyyy')
+    assert {t['project_name'] for t in tag_sets if t['project_id'] != 'proj_c'} == {'team_alpha_one'}
 
 
 # -- 8. The saved state is validated on load ------------------------------------------------------------

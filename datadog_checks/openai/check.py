@@ -30,6 +30,7 @@ from .config_models import ConfigMixin
 from .ledger import Ledger
 from .names import NameResolver
 from .settings import build_settings
+from .tags import tag
 
 # A cluster check's state older than this many collection intervals is not caught up from.
 STALE_CLUSTER_STATE_RUNS = 3
@@ -232,7 +233,7 @@ class OpenAICheck(AgentCheck, ConfigMixin):
 
     def submit_month_to_date(self, result: EndpointResult) -> None:
         for currency, total in result.month_totals.items():
-            self.gauge(MONTH_TO_DATE.name, total, tags=self.base_tags + [f'currency:{currency}'])
+            self.gauge(MONTH_TO_DATE.name, total, tags=self.base_tags + [tag('currency', currency)])
         for (currency, project_id), total in result.project_month_totals.items():
             tags = self.series_tags(('project_id', 'currency'), SEP.join((project_id, currency)))
             self.gauge(PROJECT_MONTH_TO_DATE.name, total, tags=tags)
@@ -286,13 +287,14 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         return tags
 
     def dimension_tags(self, dim: str, value: str) -> tuple[str, ...]:
-        """`dim:value`, and the name next to an id when it is known."""
+        """`dim:value`, and the name next to an id when it is known, normalized as Datadog would (tags.py).
+        Computed once per distinct value and run (series_tags caches it)."""
         name_tag = NAME_TAGS.get(dim)
         if name_tag and self.names.enabled.get(dim):
             resolved = self.names.lookup(dim, value)
             if resolved:
-                return (f'{dim}:{value}', f'{name_tag}:{resolved}')
-        return (f'{dim}:{value}',)
+                return (tag(dim, value), tag(name_tag, resolved))
+        return (tag(dim, value),)
 
     # -- the check's own health ----------------------------------------------------------------
 
