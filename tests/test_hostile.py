@@ -132,6 +132,33 @@ def all_tags() -> list[str]:
     return [t for stubs in _aggregator._metrics.values() for m in stubs for t in m.tags]
 
 
+# -- 5. Ids from responses never choose the path -----------------------------------------------------
+
+
+def test_ids_from_responses_are_quoted_in_paths(hostile, make, dd_run_check, aggregator):
+    evil = '../../organization/admin_api_keys?'
+
+    def respond(request):
+        if request.path == '/v1/organization/projects':
+            projects = [{'id': evil, 'name': 'evil'}, {'id': '..', 'name': 'dots'}, {'id': 'proj_ok', 'name': 'ok'}]
+            return Reply(200, listing(*({'object': 'organization.project', **p} for p in projects)), JSON)
+        if request.path.endswith('/api_keys'):
+            return Reply(200, listing(), JSON)
+        if request.path.startswith('/v1/organization/usage/'):
+            return Reply(200, page(bucket(HOUR)), JSON)
+        return Reply(404, dumps({'error': {'message': 'not here'}}), JSON)
+
+    hostile.respond = respond
+    check = make(resolve_project_names=True, resolve_api_key_names=True)
+    dd_run_check(check)
+    paths = hostile.paths()
+    assert '/v1/organization/admin_api_keys' not in paths
+    allowed = re.compile(r'/v1/organization/(projects|projects/[^/]+/api_keys|usage/completions)')
+    assert all(allowed.fullmatch(p) for p in paths), paths
+    assert '/v1/organization/projects/..%2F..%2Forganization%2Fadmin_api_keys%3F/api_keys' in paths
+    assert '/v1/organization/projects/proj_ok/api_keys' in paths
+
+
 # -- 6. Non-finite numbers are malformed --------------------------------------------------------------
 
 
