@@ -132,6 +132,292 @@ def all_tags() -> list[str]:
     return [t for stubs in _aggregator._metrics.values() for m in stubs for t in m.tags]
 
 
+# -- 1. The key never leaks --------------------------------------------------------------------------
+
+
+def echoing(status: int, form: str, hour: int = HOUR):
+    """A gateway that puts the request's Authorization header (and every other one) in its answer."""
+
+    def respond(request):
+        auth = request.authorization or ''
+        headers = {'Content-Type': 'application/json'}
+        if status == 429:
+            headers['Retry-After'] = '1'
+        if form == 'json':
+            body = dumps(
+                {
+                    'error': {
+                        'message': f'Request with header Authorization: {auth} refused; key={auth[7:]}',
+                        'type': 'invalid_request_error',
+                        'headers': request.headers,
+                    }
+                }
+            )
+        elif form == 'html':
+            headers['Content-Type'] = 'text/html'
+            body = f'<html><body><p>{auth}</p><pre>{request.headers}</pre>{auth[7:]}</body></html>'.encode()
+        else:  # a JSON page whose data carries the key
+            row = completions_row(10, model=auth, user_id=auth[7:])
+            body = page(bucket(hour, row))
+        return Reply(status, body, headers)
+
+    return respond
+
+
+LEAKS = [
+    (401, 'json'),
+    (403, 'json'),
+    (429, 'json'),
+    (500, 'html'),
+    (500, 'json'),
+    (400, 'json'),
+    (200, 'html'),
+    (200, 'page'),
+]
+
+
+def everything_said(check, caplog, extra: str = '') -> str:
+    records = caplog.records
+    parts = [caplog.text, extra]
+    parts += [r.getMessage() for r in records] + [str(r.exc_text) for r in records]
+    parts += list(check.warnings)
+    parts += [f'{sc.message} {sc.tags}' for sc in statuses()]
+    parts += all_tags()
+    parts += [f'{k} {v}' for k, v in _datadog_agent._cache.items()]
+    parts += [repr(check.settings), str(check.settings), repr(check.scrubber)]
+    return '\n'.join(parts)
+
+
+def assert_no_key(text: str, key: str = KEY) -> None:
+    assert key not in text
+    body = key[len('sk-admin-') :]
+    pieces = {body[i : i + 16] for i in range(0, len(body) - 16)}
+    leaked = [p for p in pieces if p in text]
+    assert not leaked, f'parts of the key leaked: {leaked[:3]}'
+
+
+@pytest.mark.parametrize('how', ['admin_api_key'])
+@pytest.mark.parametrize('status, form', LEAKS)
+def test_no_channel_carries_the_key(status, form, how, hostile, make, fake, caplog, tmp_path, dd_run_check):
+    caplog.set_level(logging.DEBUG)
+    hostile.respond = echoing(status, form)
+    options = {'resolve_project_names': True, 'resolve_api_key_names': True}
+    if how == 'auth_token':
+        options.update(admin_api_key=None, auth_token=key_file(tmp_path, KEY + '\n'))
+    check = make(**options)
+    for _ in range(2):
+        dd_run_check(check)
+        fake.sleep(300)
+    # The server did see the key: the test would prove nothing otherwise.
+    assert any(r.authorization == f'Bearer {KEY}' for r in hostile.requests)
+    said = everything_said(check, caplog)
+    assert_no_key(said)
+    assert last_status().status != AgentCheck.OK
+    if form == 'page':
+        assert any('contains the admin key the check sent' in w for w in check.warnings)
+
+
+def load_runner():
+    spec = importlib.util.spec_from_file_location('run_check', ROOT / 'scripts' / 'run_check.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize('status, form', [(401, 'json'), (500, 'html'), (200, 'html'), (200, 'page')])
+@pytest.mark.parametrize('output', ['--json', None])
+def test_the_local_runner_prints_no_key(status, form, output, hostile, state, tmp_path, capsys, caplog):
+    caplog.set_level(logging.DEBUG)
+    # The runner runs on the real clock: the page's bucket must be in its window.
+    hostile.respond = echoing(status, form, hour=int(time.time()) // H * H)
+    conf = tmp_path / 'conf.yaml'
+    instance = {
+        'account_name': 'evil',
+        'admin_api_key': KEY,
+        'api_base_url': hostile.base_url,
+        'min_collection_interval': 300,
+        'usage_endpoints': ['completions'],
+        'max_retries': 0,
+    }
+    conf.write_text(json.dumps({'init_config': {}, 'instances': [instance]}))  # JSON is YAML
+    args = ['-c', str(conf), '--times', '1', '--state-dir', str(tmp_path / 'state')]
+    load_runner().main(args + ([output] if output else []))
+    out, err = capsys.readouterr()
+    assert any(r.authorization == f'Bearer {KEY}' for r in hostile.requests)
+    assert 'evil' in out
+    state_files = ''.join(p.read_text() for p in (tmp_path / 'state').glob('*'))
+    assert_no_key('\n'.join([out, err, caplog.text, state_files]))
+
+
+def test_the_settings_repr_has_no_key(make):
+    check = make()
+    initialize(check)
+    assert isinstance(check.settings, Settings)
+    assert KEY not in repr(check.settings) and KEY not in str(check.settings)
+    assert check.settings.admin_api_key == KEY
+
+
+# -- 2. Bounded memory per response ----------------------------------------------------------------
+
+CAP = 4 * 2**20
+
+
+def peak_memory(run) -> int:
+    tracemalloc.start()
+    try:
+        run()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize('declared', [False, True])
+def test_a_huge_body_is_refused_with_bounded_memory(declared, hostile, make, dd_run_check, monkeypatch):
+    monkeypatch.setattr(client_module, 'MAX_RESPONSE_BYTES', CAP)
+    chunk = b' ' * 2**20
+    size = 64 * 2**20
+
+    def respond(request):
+        headers = {'Content-Type': 'application/json'}
+        if declared:
+            headers['Content-Length'] = str(size)
+        return Reply(200, (chunk for _ in range(size // len(chunk))), headers)
+
+    hostile.respond = respond
+    check = make(max_retries=0)
+    peak = peak_memory(lambda: dd_run_check(check))
+    assert peak < 3 * CAP, f'peak {peak / 2**20:.1f} MiB for a {CAP / 2**20:.0f} MiB limit'
+    assert any('is larger than the 4 MiB the check reads from one response' in w for w in check.warnings)
+    assert last_status().status != AgentCheck.OK
+
+
+def test_a_gzip_bomb_is_refused_with_bounded_memory(hostile, make, dd_run_check, monkeypatch):
+    monkeypatch.setattr(client_module, 'MAX_RESPONSE_BYTES', CAP)
+    bomb = gzip_bomb(64 * 2**20)
+    assert len(bomb) < 100_000
+    hostile.respond = lambda request: Reply(200, bomb, {'Content-Type': 'application/json', 'Content-Encoding': 'gzip'})
+    check = make(max_retries=0)
+    peak = peak_memory(lambda: dd_run_check(check))
+    assert peak < 3 * CAP, f'peak {peak / 2**20:.1f} MiB for a {CAP / 2**20:.0f} MiB limit'
+    assert any('is larger than the 4 MiB' in w for w in check.warnings)
+
+
+@pytest.mark.parametrize('size', [60_000, 5 * 2**20])
+def test_an_error_answer_is_read_only_for_its_message(size, hostile, make, dd_run_check):
+    body = dumps({'error': {'message': 'x' * size}})
+    hostile.respond = lambda request: Reply(500, body, JSON)
+    check = make(max_retries=0)
+    peak = peak_memory(lambda: dd_run_check(check))
+    assert peak < 2 * 2**20
+    sc = last_status()
+    assert sc.status != AgentCheck.OK and 'OpenAI answered 500' in sc.message
+    # Capped: a message of megabytes does not go to the service check nor to `agent status` every run.
+    assert len(sc.message) < 2200
+    assert check.warnings and all(len(w) < 2200 for w in check.warnings)
+
+
+def run_twice(check, fake, dd_run_check):
+    dd_run_check(check)
+    fake.sleep(300)
+    _aggregator.reset()
+    dd_run_check(check)
+
+
+def growing_page(encode=lambda body: body, headers=None):
+    """A completions page whose one series grows by 50 tokens at each request."""
+    calls = []
+
+    def respond(request):
+        calls.append(request)
+        body = page(bucket(HOUR, completions_row(100 + 50 * len(calls), model='gpt-4o')))
+        return Reply(200, encode(body), {**JSON, **(headers or {})})
+
+    return respond
+
+
+@pytest.mark.parametrize(
+    'encoding, encode',
+    [
+        ('gzip', gzipped),
+        ('gzip', lambda body: gzipped(body[:40]) + gzipped(body[40:])),  # two members
+        ('deflate', zlib.compress),
+        ('deflate', lambda body: zlib.compress(body)[2:-4]),  # raw deflate, without the zlib header
+        ('identity', lambda body: body),
+    ],
+)
+def test_compressed_pages_are_read(encoding, encode, hostile, make, fake, dd_run_check, aggregator):
+    hostile.respond = growing_page(encode, {'Content-Encoding': encoding})
+    check = make(group_by={'completions': ['model']})
+    run_twice(check, fake, dd_run_check)
+    aggregator.assert_metric('openai.api.usage.completions.input_tokens', 50, count=1)
+    assert last_status().status == AgentCheck.OK
+    assert hostile.requests[0].headers['accept-encoding'] == 'gzip, deflate'
+
+
+def test_an_encoding_the_check_cannot_bound_is_refused(hostile, make, dd_run_check):
+    hostile.respond = growing_page(headers={'Content-Encoding': 'br'})
+    check = make()
+    dd_run_check(check)
+    assert any('in an encoding the check does not read (br)' in w for w in check.warnings)
+
+
+# -- 3. A deadline for the whole request -----------------------------------------------------------
+
+
+def test_a_dripping_server_is_cut_at_the_deadline(hostile, make, dd_run_check):
+    def respond(request):
+        def body():
+            yield b'{"object": "page", "data": ['
+            for _ in range(300):  # a byte every 0.1 s for 30 s: never a 5 s silence
+                yield b' '
+
+        return Reply(200, body(), JSON, drip=0.1)
+
+    hostile.respond = respond
+    check = make(real_time=True, time_budget=1, max_retries=0)
+    started = time.monotonic()
+    dd_run_check(check)
+    elapsed = time.monotonic() - started
+    sc = last_status()
+    assert sc.status != AgentCheck.OK
+    assert 'was still sending' in sc.message and "time budget ran out" in sc.message
+    # Generous: the deadline is 1 s, the drip would go on for 30 s.
+    assert elapsed < 15
+
+
+# -- 4. Where the key may go ------------------------------------------------------------------------
+
+
+def test_redirects_are_not_followed(hostile, make, dd_run_check):
+    with HostileServer(growing_page()) as elsewhere:
+        hostile.respond = lambda request: Reply(
+            302, b'', {'Location': f'{elsewhere.base_url}/organization/usage/completions?x=1'}
+        )
+        check = make(max_retries=0)
+        dd_run_check(check)
+        assert elsewhere.requests == []
+    sc = last_status()
+    assert sc.status != AgentCheck.OK
+    assert 'was redirected (302) to http://127.0.0.1:' in sc.message and 'does not follow redirects' in sc.message
+
+
+def test_plain_http_to_another_host_warns_at_every_run(hostile, make, fake, dd_run_check):
+    hostile.respond = growing_page()
+    # Through the hostile server as a proxy: the check believes it talks to openai.example.test.
+    check = make(api_base_url='http://openai.example.test/v1', proxy={'http': f'http://127.0.0.1:{hostile.port}'})
+    run_twice(check, fake, dd_run_check)
+    assert hostile.requests and all(r.host == 'openai.example.test' for r in hostile.requests)
+    warned = [w for w in check.warnings if 'is plain http to another host' in w]
+    assert len(warned) == 2 and 'unencrypted' in warned[0]
+
+
+def test_plain_http_on_this_host_does_not_warn(hostile, make, fake, dd_run_check):
+    hostile.respond = growing_page()
+    check = make(api_base_url=hostile.base_url.replace('127.0.0.1', 'localhost'))
+    run_twice(check, fake, dd_run_check)
+    assert not [w for w in check.warnings if 'plain http' in w]
+
+
 # -- 5. Ids from responses never choose the path -----------------------------------------------------
 
 
@@ -273,7 +559,6 @@ def test_a_separator_in_a_value_cannot_shift_dimensions(hostile, make, fake, dd_
     assert any('1 malformed rows' in w for w in check.warnings)
 
 
-
 ALLOWED_TAG = re.compile(r'[a-z][a-z0-9_:./-]*')
 
 
@@ -386,3 +671,28 @@ def test_a_damaged_state_gets_one_warning_and_a_new_baseline(how, hostile, make,
         assert all(abs(m.value) < 1e6 for m in stubs)
 
 
+# -- 9. Small ones: a key with a newline, the auth_token path ------------------------------------------
+
+
+def test_a_key_with_a_trailing_newline_is_sent_without_it(hostile, make, dd_run_check):
+    hostile.respond = growing_page()
+    check = make(admin_api_key=KEY + '\n')
+    dd_run_check(check)
+    assert last_status().status == AgentCheck.OK
+    assert {r.authorization for r in hostile.requests} == {f'Bearer {KEY}'}
+
+
+def test_a_key_with_a_space_inside_is_a_configuration_error_that_does_not_show_it(make):
+    check = make(admin_api_key=KEY[:20] + ' ' + KEY[20:])
+    with pytest.raises(ConfigurationError) as e:
+        initialize(check)
+    assert 'contains spaces, line breaks or control characters' in str(e.value)
+    assert KEY[:20] not in str(e.value) and KEY[20:] not in str(e.value)
+
+
+def test_gzip_is_what_the_check_asks_for(hostile, make, dd_run_check):
+    body = page(bucket(HOUR))
+    hostile.respond = lambda request: Reply(200, gzip.compress(body), {**JSON, 'Content-Encoding': 'gzip'})
+    check = make()
+    dd_run_check(check)
+    assert last_status().status == AgentCheck.OK

@@ -8,6 +8,7 @@ import sys
 import time
 
 from datadog_checks.base import AgentCheck
+from datadog_checks.base.utils.common import to_native_string
 
 from .catalogue import (
     API_LATENCY,
@@ -24,11 +25,12 @@ from .catalogue import (
     SERVICE_CHECK,
     STATE_SIZE,
 )
-from .client import AuthError, OpenAIClient, RequestRefused, TimeBudget
+from .client import ACCEPT_ENCODING, AuthError, OpenAIClient, RequestRefused, TimeBudget
 from .collector import SEP, EndpointCollector, EndpointResult
 from .config_models import ConfigMixin
 from .ledger import Ledger
 from .names import NameResolver
+from .scrub import Scrubber, install_log_filter
 from .settings import build_settings
 from .tags import tag
 
@@ -59,6 +61,8 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         # `agent check openai` shares the running Agent's state but sends nothing: saving the state
         # there would mark as submitted usage that never reached Datadog.
         self.save_state = not running_under_agent_check_command()
+        # Every key the check sent, for scrubbing what it says; see scrub.py.
+        self.scrubber = Scrubber()
         self.check_initializations.append(self.load_settings)
 
     def persistent_cache_id(self) -> str:
@@ -69,9 +73,11 @@ class OpenAICheck(AgentCheck, ConfigMixin):
 
     def load_settings(self) -> None:
         self.settings = build_settings(self.config, self.instance)
+        install_log_filter(self.log.logger, self.scrubber)
+        # The check decodes responses itself, with a bound on their size: only encodings it can bound.
+        self.http.options['headers']['Accept-Encoding'] = ACCEPT_ENCODING
         if self.settings.admin_api_key:
-            self.register_secret(self.settings.admin_api_key)
-            self.http.options['headers']['Authorization'] = f'Bearer {self.settings.admin_api_key}'
+            self.use_key(self.settings.admin_api_key)
         self.base_tags = [f'openai_account:{self.settings.account_name}', *self.settings.tags]
         self.names = NameResolver(
             self.settings.resolve_project_names,
@@ -81,6 +87,18 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             self.clock,
         )
 
+    def use_key(self, key: str) -> None:
+        self.register_secret(key)
+        self.scrubber.add(key)
+        self.http.options['headers']['Authorization'] = f'Bearer {key}'
+
+    def warning(self, warning_message, *args, **kwargs):
+        # Warnings reach `agent status` and `agent check` unscrubbed by the base class: scrub them here.
+        message = to_native_string(warning_message)
+        if args:
+            message = message % args
+        super().warning('%s', self.scrubber.message(message))
+
     # -- a run ---------------------------------------------------------------------------------
 
     def check(self, _):
@@ -88,6 +106,12 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         now = self.clock()
         if self.paced(now):
             return
+        if self.settings.sends_key_in_clear:
+            self.warning(
+                'api_base_url %s is plain http to another host: the admin key crosses the network unencrypted. '
+                'Use https://; plain http is for a proxy or a simulator on this host.',
+                self.settings.api_base_url,
+            )
         client = OpenAIClient(
             self.http,
             self.settings.api_base_url,
@@ -96,6 +120,7 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             self.log,
             sleep=self.sleep,
             monotonic=self.monotonic,
+            scrubber=self.scrubber,
         )
         self.refresh_names(client)
         results = []
@@ -126,7 +151,7 @@ class OpenAICheck(AgentCheck, ConfigMixin):
                 'with the Agent log at debug level.',
                 endpoint,
                 type(e).__name__,
-                e,
+                self.scrubber.detail(e),
             )
             return None
 
@@ -149,7 +174,9 @@ class OpenAICheck(AgentCheck, ConfigMixin):
     def refresh_names(self, client: OpenAIClient) -> None:
         if self.names.due():
             for problem in self.names.refresh(client):
-                self.log.warning('%s Metrics keep their ids; names follow at the next refresh.', problem)
+                self.log.warning(
+                    '%s Metrics keep their ids; names follow at the next refresh.', self.scrubber.message(problem)
+                )
 
     def collect(self, name: str, client: OpenAIClient, now: float) -> EndpointResult:
         endpoint = ENDPOINTS_BY_NAME[name]
@@ -213,7 +240,9 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             # next run starts again from the last state that was saved.
             self.ledgers.pop(name, None)
             self.warning(
-                '%s: could not save the state (%s); nothing submitted this run, the next run retries.', name, e
+                '%s: could not save the state (%s); nothing submitted this run, the next run retries.',
+                name,
+                self.scrubber.detail(e),
             )
             return
         self.ledgers[name] = result.ledger
@@ -247,7 +276,9 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         try:
             ledger = Ledger.loads(text)
         except Exception as e:
-            self.warning('%s: the saved state is unreadable (%s); recording a new baseline.', name, e)
+            self.warning(
+                '%s: the saved state is unreadable (%s); recording a new baseline.', name, self.scrubber.detail(e)
+            )
             return None
         if (
             self.is_cluster_check
@@ -317,7 +348,7 @@ class OpenAICheck(AgentCheck, ConfigMixin):
 
         status, message = self.connection_status(results, stats.rate_limited)
         self.gauge(CAN_CONNECT.name, 0 if status == AgentCheck.CRITICAL else 1, tags=tags)
-        self.service_check(SERVICE_CHECK, status, tags=tags, message=message)
+        self.service_check(SERVICE_CHECK, status, tags=tags, message=self.scrubber.message(message))
         self.gauge(RUN_DURATION.name, self.monotonic() - started, tags=tags)
 
     def connection_status(self, results: list[EndpointResult], rate_limited: bool) -> tuple[int, str]:

@@ -11,6 +11,7 @@ from typing import Callable
 from urllib.parse import quote
 
 from .client import ApiError, OpenAIClient
+from .scrub import MAX_DETAIL, cap
 
 LIST_LIMIT = 100
 
@@ -62,7 +63,7 @@ class NameResolver:
                 project_id = str(project['id'])
                 if not project_id.strip('.'):
                     # `.` and `..` stay dot segments even quoted (URL normalization removes them).
-                    problems.append(f'API key names of project {project_id} not refreshed: not an id.')
+                    problems.append(f'API key names of project {cap(project_id, MAX_DETAIL)} not refreshed: not an id.')
                     continue
                 try:
                     # Quoted whole: an id is OpenAI's data, and `../` or `?` in it must not choose the path.
@@ -75,7 +76,9 @@ class NameResolver:
                         {k['id']: k['name'] for k in keys if isinstance(k, dict) and k.get('id') and k.get('name')}
                     )
                 except ApiError as e:
-                    problems.append(f'API key names of project {project["id"]} not refreshed: {e.message}')
+                    problems.append(
+                        f'API key names of project {cap(project_id, MAX_DETAIL)} not refreshed: {e.message}'
+                    )
         if self.enabled['user_id']:
             try:
                 users = client.iter_list('/organization/users', [('limit', LIST_LIMIT)], 'users')
