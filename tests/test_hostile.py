@@ -196,7 +196,7 @@ def assert_no_key(text: str, key: str = KEY) -> None:
     assert not leaked, f'parts of the key leaked: {leaked[:3]}'
 
 
-@pytest.mark.parametrize('how', ['admin_api_key'])
+@pytest.mark.parametrize('how', ['admin_api_key', 'auth_token'])
 @pytest.mark.parametrize('status, form', LEAKS)
 def test_no_channel_carries_the_key(status, form, how, hostile, make, fake, caplog, tmp_path, dd_run_check):
     caplog.set_level(logging.DEBUG)
@@ -688,6 +688,87 @@ def test_a_key_with_a_space_inside_is_a_configuration_error_that_does_not_show_i
         initialize(check)
     assert 'contains spaces, line breaks or control characters' in str(e.value)
     assert KEY[:20] not in str(e.value) and KEY[20:] not in str(e.value)
+
+
+def test_auth_token_with_admin_api_key_is_a_configuration_error(make, tmp_path):
+    check = make(auth_token=key_file(tmp_path, KEY))
+    with pytest.raises(ConfigurationError, match='not both'):
+        initialize(check)
+
+
+def rate_limited_then_page(fake, times: int, status: int = 429):
+    seen = []
+
+    def respond(request):
+        seen.append((fake.now(), request.authorization))
+        if len(seen) <= times:
+            return Reply(status, dumps({'error': {'message': 'slow down'}}), {**JSON, 'Retry-After': '7'})
+        return Reply(200, page(bucket(HOUR, completions_row(100, model='a'))), JSON)
+
+    return respond, seen
+
+
+@pytest.mark.parametrize('status', [429, 500])
+def test_auth_token_requests_follow_the_retry_policy(status, hostile, make, fake, tmp_path, dd_run_check):
+    respond, seen = rate_limited_then_page(fake, 2, status)
+    hostile.respond = respond
+    check = make(admin_api_key=None, auth_token=key_file(tmp_path, KEY + '\n'), max_retries=3)
+    dd_run_check(check)
+    # Each attempt is sent once (the HTTP wrapper would send every failed one twice, at once), and the
+    # waits are Retry-After's.
+    assert len(seen) == 3
+    # Retry-After for a 429, the backoff (1 s, then 2 s) for a 500.
+    assert [b[0] - a[0] for a, b in zip(seen, seen[1:])] == ([7, 7] if status == 429 else [1, 2])
+    assert {auth for _, auth in seen} == {f'Bearer {KEY}'}
+    assert last_status().status == (AgentCheck.WARNING if status == 429 else AgentCheck.OK)
+
+
+def test_auth_token_file_is_read_at_every_run(hostile, make, fake, tmp_path, dd_run_check, caplog):
+    caplog.set_level(logging.DEBUG)
+    hostile.respond = echoing(401, 'json')
+    config = key_file(tmp_path, KEY)
+    check = make(admin_api_key=None, auth_token=config)
+    dd_run_check(check)
+    first = len(hostile.requests)
+    Path(config['reader']['path']).write_text(OTHER_KEY + '\n')
+    fake.sleep(300)
+    dd_run_check(check)
+    # The next run sends the new key from its first request on.
+    assert {r.authorization for r in hostile.requests[first:]} == {f'Bearer {OTHER_KEY}'}
+    said = everything_said(check, caplog)
+    assert_no_key(said, KEY)
+    assert_no_key(said, OTHER_KEY)
+
+
+def test_an_unreadable_auth_token_file_is_critical_and_sends_nothing(hostile, make, tmp_path, dd_run_check):
+    hostile.respond = growing_page()
+    config = key_file(tmp_path, KEY)
+    Path(config['reader']['path']).unlink()
+    check = make(admin_api_key=None, auth_token=config)
+    dd_run_check(check)
+    assert hostile.requests == []
+    sc = last_status()
+    assert sc.status == AgentCheck.CRITICAL and 'Cannot read the admin key from the auth_token file' in sc.message
+    _aggregator.assert_metric('openai.check.can_connect', 0)
+
+
+def test_an_empty_auth_token_file_says_so(hostile, make, tmp_path, dd_run_check):
+    check = make(admin_api_key=None, auth_token=key_file(tmp_path, '\n'))
+    dd_run_check(check)
+    assert hostile.requests == []
+    assert 'holds no key' in last_status().message
+
+
+def test_auth_token_needs_a_file_reader(make):
+    check = make(
+        admin_api_key=None,
+        auth_token={
+            'reader': {'type': 'oauth', 'url': 'http://127.0.0.1:1/token', 'client_id': 'a', 'client_secret': 'b'},
+            'writer': {'type': 'header', 'name': 'Authorization', 'value': 'Bearer <TOKEN>'},
+        },
+    )
+    with pytest.raises(ConfigurationError, match='must have a `file` reader'):
+        initialize(check)
 
 
 def test_gzip_is_what_the_check_asks_for(hostile, make, dd_run_check):

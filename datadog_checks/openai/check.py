@@ -7,8 +7,9 @@ import os
 import sys
 import time
 
-from datadog_checks.base import AgentCheck
+from datadog_checks.base import AgentCheck, ConfigurationError
 from datadog_checks.base.utils.common import to_native_string
+from datadog_checks.base.utils.http import AuthTokenFileReader, AuthTokenHeaderWriter
 
 from .catalogue import (
     API_LATENCY,
@@ -31,7 +32,7 @@ from .config_models import ConfigMixin
 from .ledger import Ledger
 from .names import NameResolver
 from .scrub import Scrubber, install_log_filter
-from .settings import build_settings
+from .settings import build_settings, key_problem
 from .tags import tag
 
 # A cluster check's state older than this many collection intervals is not caught up from.
@@ -63,6 +64,9 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         self.save_state = not running_under_agent_check_command()
         # Every key the check sent, for scrubbing what it says; see scrub.py.
         self.scrubber = Scrubber()
+        # The standard `auth_token` option, read by the check itself at every run (see take_auth_token).
+        self.key_file = None
+        self.has_key = False
         self.check_initializations.append(self.load_settings)
 
     def persistent_cache_id(self) -> str:
@@ -76,6 +80,7 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         install_log_filter(self.log.logger, self.scrubber)
         # The check decodes responses itself, with a bound on their size: only encodings it can bound.
         self.http.options['headers']['Accept-Encoding'] = ACCEPT_ENCODING
+        self.key_file = self.take_auth_token()
         if self.settings.admin_api_key:
             self.use_key(self.settings.admin_api_key)
         self.base_tags = [f'openai_account:{self.settings.account_name}', *self.settings.tags]
@@ -87,10 +92,52 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             self.clock,
         )
 
+    def take_auth_token(self):
+        """Take the `auth_token` option away from the HTTP wrapper, to read the key here at every run.
+
+        Left to the wrapper, the file is read once and again only after a failed request, which the
+        wrapper then sends a second time at once: a 429 is repeated before the check can honour its
+        Retry-After, and every error costs two requests. And the key it reads is never registered, so
+        it is not scrubbed."""
+        handler = getattr(self.http, 'auth_token_handler', None)
+        if handler is None:
+            return None
+        self.http.auth_token_handler = None
+        if not isinstance(handler.reader, AuthTokenFileReader) or not isinstance(handler.writer, AuthTokenHeaderWriter):
+            raise ConfigurationError(
+                f'openai check, account {self.settings.account_name}: `auth_token` must have a `file` reader and a '
+                f'`header` writer (name: Authorization, value: Bearer <TOKEN>): an admin key is a static key.'
+            )
+        return handler
+
     def use_key(self, key: str) -> None:
+        self.has_key = True
         self.register_secret(key)
         self.scrubber.add(key)
-        self.http.options['headers']['Authorization'] = f'Bearer {key}'
+        if self.key_file is not None:
+            self.key_file.writer.write(key, default_options=self.http.options)
+        else:
+            self.http.options['headers']['Authorization'] = f'Bearer {key}'
+
+    def refresh_key(self) -> str | None:
+        """Read the `auth_token` file (a key rotated by a sidecar is used from the next run on). Returns
+        what went wrong, or None."""
+        if self.key_file is None:
+            return None
+        path = (self.instance.get('auth_token') or {}).get('reader', {}).get('path')
+        try:
+            # `error` makes the base reader read the file again instead of returning its cached key.
+            key = self.key_file.reader.read(error='the check reads the key at every run')
+        except Exception as e:
+            return f'Cannot read the admin key from the auth_token file {path}: {self.scrubber.detail(e)}'
+        key = (key or '').strip()
+        if not key:
+            return f'The auth_token file {path} holds no key: it must contain the admin key (sk-admin-...) alone.'
+        problem = key_problem(key)
+        if problem:
+            return f'The key in the auth_token file {path} {problem}'
+        self.use_key(key)
+        return None
 
     def warning(self, warning_message, *args, **kwargs):
         # Warnings reach `agent status` and `agent check` unscrubbed by the base class: scrub them here.
@@ -112,6 +159,16 @@ class OpenAICheck(AgentCheck, ConfigMixin):
                 'Use https://; plain http is for a proxy or a simulator on this host.',
                 self.settings.api_base_url,
             )
+        problem = self.refresh_key()
+        if problem:
+            self.warning(problem)
+            if not self.has_key:
+                # No key was ever read: there is nothing to send. Otherwise the last key read goes on.
+                self.gauge(CAN_CONNECT.name, 0, tags=self.base_tags)
+                self.service_check(
+                    SERVICE_CHECK, AgentCheck.CRITICAL, tags=self.base_tags, message=self.scrubber.message(problem)
+                )
+                return
         client = OpenAIClient(
             self.http,
             self.settings.api_base_url,

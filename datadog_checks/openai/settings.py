@@ -105,6 +105,8 @@ def build_settings(config: Any, instance: Mapping[str, Any]) -> Settings:
             '`admin_api_key` is required (or an `auth_token` reader): an organization admin key, sk-admin-..., '
             'created by an organization owner at https://platform.openai.com/settings/organization/admin-keys.'
         )
+    elif admin_api_key and instance.get('auth_token'):
+        problems.append('Set `admin_api_key` or `auth_token`, not both: the check would not know which key to send.')
     elif admin_api_key and key_problem(admin_api_key):
         problems.append(f'`admin_api_key` {key_problem(admin_api_key)}')
     elif admin_api_key and admin_api_key.startswith(NON_ADMIN_KEY_PREFIXES):
