@@ -7,9 +7,8 @@ import os
 import sys
 import time
 
-from datadog_checks.base import AgentCheck, ConfigurationError
+from datadog_checks.base import AgentCheck
 from datadog_checks.base.utils.common import to_native_string
-from datadog_checks.base.utils.http import AuthTokenFileReader, AuthTokenHeaderWriter
 
 from .catalogue import (
     API_LATENCY,
@@ -100,14 +99,8 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         Retry-After, and every error costs two requests. And the key it reads is never registered, so
         it is not scrubbed."""
         handler = getattr(self.http, 'auth_token_handler', None)
-        if handler is None:
-            return None
+        # build_settings made sure of a file reader and a header writer.
         self.http.auth_token_handler = None
-        if not isinstance(handler.reader, AuthTokenFileReader) or not isinstance(handler.writer, AuthTokenHeaderWriter):
-            raise ConfigurationError(
-                f'openai check, account {self.settings.account_name}: `auth_token` must have a `file` reader and a '
-                f'`header` writer (name: Authorization, value: Bearer <TOKEN>): an admin key is a static key.'
-            )
         return handler
 
     def use_key(self, key: str) -> None:

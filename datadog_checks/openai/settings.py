@@ -69,6 +69,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _reads_a_file(auth_token: Any) -> bool:
+    if not isinstance(auth_token, Mapping):
+        return True  # the HTTP wrapper reports the malformed option itself
+    reader, writer = auth_token.get('reader'), auth_token.get('writer')
+    return (
+        isinstance(reader, Mapping)
+        and isinstance(writer, Mapping)
+        and reader.get('type') == 'file'
+        and writer.get('type') == 'header'
+    )
+
+
 def key_problem(key: str) -> str | None:
     """What is wrong with a key's characters (never the key itself), or None."""
     if any(c.isspace() or not c.isprintable() for c in key):
@@ -114,6 +126,13 @@ def build_settings(config: Any, instance: Mapping[str, Any]) -> Settings:
             '`admin_api_key` is a project or service account key (sk-proj-/sk-svcacct-). The usage and '
             'costs endpoints need an organization admin key: create one at '
             'https://platform.openai.com/settings/organization/admin-keys.'
+        )
+
+    auth_token = instance.get('auth_token')
+    if auth_token and not _reads_a_file(auth_token):
+        problems.append(
+            '`auth_token` must have a `file` reader and a `header` writer (name: Authorization, value: '
+            'Bearer <TOKEN>): an admin key is a static key, which the check reads from that file at every run.'
         )
 
     api_base_url = (getattr(config, 'api_base_url', None) or '').rstrip('/')
