@@ -18,7 +18,7 @@ import requests
 import urllib3
 from datadog_checks.base.utils.format import json
 
-from .scrub import Scrubber
+from .scrub import Scrubber, printable
 
 ADMIN_KEY_HELP = (
     'The usage and costs endpoints need an organization admin key (sk-admin-...). Project keys and '
@@ -436,7 +436,7 @@ class OpenAIClient:
         words = content[:window].decode('utf-8', 'replace').split()
         if len(content) > window and len(words) > 1:
             words.pop()  # the window may have cut a key in two, and half a key is not recognised
-        text = self.scrubber.text(' '.join(words))
+        text = self.scrubber.text(printable(' '.join(words)))
         if not text:
             return 'empty body'
         if len(text) <= size and len(content) <= window:

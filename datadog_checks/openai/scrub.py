@@ -30,6 +30,12 @@ MAX_DETAIL = 300
 MAX_MESSAGE = 2000
 
 
+def printable(text: str) -> str:
+    if text.isprintable():
+        return text
+    return ''.join(c if c.isprintable() else '?' for c in text)
+
+
 def cap(text: str, size: int) -> str:
     if len(text) <= size:
         return text
@@ -60,8 +66,9 @@ class Scrubber:
         return text
 
     def detail(self, text: str, size: int = MAX_DETAIL) -> str:
-        """Untrusted text (a response, an exception) made fit for a message: one line, scrubbed, capped."""
-        text = ' '.join(str(text).split())
+        """Untrusted text (a response, an exception) made fit for a message: one line of printable
+        characters (no terminal escapes into the Agent log), scrubbed, capped."""
+        text = printable(' '.join(str(text).split()))
         # Scrubbed before and after the cut, so that a cut cannot leave half a key unrecognised.
         return self.text(cap(self.text(text), size))
 
