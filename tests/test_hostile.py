@@ -217,6 +217,16 @@ def test_no_channel_carries_the_key(status, form, how, hostile, make, fake, capl
         assert any('contains the admin key the check sent' in w for w in check.warnings)
 
 
+def test_control_characters_of_a_response_do_not_reach_the_messages(hostile, make, dd_run_check):
+    body = b'\x1b[2J\x1b[31mGateway\x00 error\x07 \x1b]0;owned\x07'
+    hostile.respond = lambda request: Reply(502, body, {'Content-Type': 'text/plain'})
+    check = make(max_retries=0)
+    dd_run_check(check)
+    said = '\n'.join(list(check.warnings) + [sc.message for sc in statuses()])
+    assert 'Gateway' in said
+    assert not any(c in said for c in '\x1b\x00\x07')
+
+
 def load_runner():
     spec = importlib.util.spec_from_file_location('run_check', ROOT / 'scripts' / 'run_check.py')
     module = importlib.util.module_from_spec(spec)
