@@ -607,7 +607,6 @@ def profile_run(bench: Bench) -> str:
 
 def scaling(p: dict) -> list[dict]:
     from datadog_checks.openai import client
-    from tests.simulator import DEFAULT_TRAFFIC_START
 
     # At 100,000 completions series per bucket a page is about 410 MB, above the response size the check
     # accepts (client.MAX_RESPONSE_BYTES): the scaling part measures the cost per series beyond it, so it
