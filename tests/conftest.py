@@ -7,6 +7,7 @@ from datadog_checks.base.stubs import datadog_agent as _datadog_agent
 from datadog_checks.openai import OpenAICheck
 from datadog_checks.openai.catalogue import COSTS, ENDPOINTS_BY_NAME, FLOW
 from datadog_checks.openai.collector import SEP, _encode
+from datadog_checks.openai.tags import tag_value
 from tests.simulator import Clock, Organization, SimulatorServer
 
 ADMIN_KEY = 'sk-admin-test-key'
@@ -77,9 +78,11 @@ def submitted_totals(endpoint_name: str, group_by: tuple[str, ...]) -> dict:
 def reported_totals(org, endpoint_name: str, group_by: tuple[str, ...], start: int, end: int, t: float) -> dict:
     """What OpenAI reports at time t, summed over [start, end), in the same shape as submitted_totals."""
     endpoint = ENDPOINTS_BY_NAME[endpoint_name]
+    dims = group_by + tuple(name for name, _ in endpoint.fixed_dims)
     out = defaultdict(lambda: defaultdict(float))
     for key, values in org.observed_totals(endpoint_name, group_by, start, end, t).items():
-        skey = SEP.join(_encode(v) for v in key)
+        # In the tags' terms (normalized as Datadog stores them), as submitted_totals reads them back.
+        skey = SEP.join(tag_value(d, _encode(v)) for d, v in zip(dims, key))
         for f in endpoint.fields:
             if f.kind == FLOW and values.get(f.name):
                 out[skey][f.name] += values[f.name]

@@ -759,6 +759,8 @@ OPERATOR_CALLS = {
     'RequestRefused',
     'ApiError',
     'ConfigurationError',
+    'UnusableResponse',
+    'DeadlineExceeded',
 }
 
 
@@ -785,6 +787,10 @@ def operator_messages() -> dict[str, list[str]]:
                     candidates.append(node.args[0])
             elif isinstance(node, ast.Return) and isinstance(node.value, ast.Tuple):
                 candidates.extend(node.value.elts)
+            elif isinstance(node, ast.Return) and isinstance(node.value, (ast.Constant, ast.JoinedStr)):
+                # Text a function returns as what went wrong (refresh_key, key_problem); not single words.
+                if any(' ' in f for f in _fragments(node.value)):
+                    candidates.append(node.value)
             elif isinstance(node, ast.Assign) and any(
                 isinstance(t, ast.Name) and t.id.endswith('_HELP') for t in node.targets
             ):

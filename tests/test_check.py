@@ -7,6 +7,7 @@ from datadog_checks.base import AgentCheck
 from datadog_checks.dev.utils import get_metadata_metrics
 
 from datadog_checks.openai.catalogue import all_metrics
+from datadog_checks.openai.tags import tag_value
 
 from .test_assets import queried_metrics
 
@@ -53,7 +54,8 @@ def test_series_carry_ids_names_and_no_null_dimensions(org, clock, sim, make_che
     warm(check, clock, dd_run_check)
     rows = tags_of(aggregator, 'openai.api.usage.completions.input_tokens')
     assert rows
-    names = {p.id: p.name for p in org.projects}
+    # Ids and names as Datadog stores them (lowercase, `_` for the characters tags do not allow).
+    names = {tag_value('project_id', p.id): tag_value('project_name', p.name) for p in org.projects}
     for tags in rows:
         assert tags['openai_account'] == 'test' and tags['team'] == 'ml'
         assert 'none' not in tags.values() and '' not in tags.values()
@@ -63,7 +65,7 @@ def test_series_carry_ids_names_and_no_null_dimensions(org, clock, sim, make_che
         assert tags.get('batch') in (None, 'true', 'false')
     assert any('api_key_name' in t for t in rows)
     # The archived project's usage still gets its name.
-    archived = {p.id for p in org.projects if p.archived_at}
+    archived = {tag_value('project_id', p.id) for p in org.projects if p.archived_at}
     assert any(t.get('project_id') in archived and t.get('project_name') for t in rows)
 
 
@@ -86,7 +88,7 @@ def test_user_emails_on_request(org, clock, sim, make_check, dd_run_check, aggre
     )
     clock.advance(30 * H)
     warm(check, clock, dd_run_check)
-    emails = {u.id: u.email for u in org.users}
+    emails = {tag_value('user_id', u.id): tag_value('user_email', u.email) for u in org.users}
     rows = [t for t in tags_of(aggregator, 'openai.api.usage.completions.input_tokens') if t.get('user_id')]
     assert rows and all(t['user_email'] == emails[t['user_id']] for t in rows)
 

@@ -7,6 +7,7 @@ import time
 
 from datadog_checks.base import AgentCheck
 from datadog_checks.base.errors import CheckException
+from datadog_checks.base.utils.common import to_native_string
 
 from .agent import running_under_agent_check_command
 from .catalogue import (
@@ -25,12 +26,14 @@ from .catalogue import (
     SERVICE_CHECK,
     STATE_SIZE,
 )
-from .client import AuthError, OpenAIClient, RequestRefused, TimeBudget
+from .client import ACCEPT_ENCODING, AuthError, OpenAIClient, RequestRefused, TimeBudget
 from .collector import SEP, EndpointCollector, EndpointResult
 from .config_models import ConfigMixin
 from .ledger import Ledger
 from .names import NameResolver
-from .settings import build_settings
+from .scrub import Scrubber, install_log_filter
+from .settings import build_settings, key_problem
+from .tags import tag
 
 # A cluster check's state older than this many collection intervals is not caught up from.
 STALE_CLUSTER_STATE_RUNS = 3
@@ -59,6 +62,11 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         # `agent check openai` shares the running Agent's state but sends nothing: saving the state
         # there would mark as submitted usage that never reached Datadog.
         self.save_state = not running_under_agent_check_command()
+        # Every key the check sent, for scrubbing what it says; see scrub.py.
+        self.scrubber = Scrubber()
+        # The standard `auth_token` option, read by the check itself at every run (see take_auth_token).
+        self.key_file = None
+        self.has_key = False
         self.check_initializations.append(self.load_settings)
 
     def persistent_cache_id(self) -> str:
@@ -69,9 +77,12 @@ class OpenAICheck(AgentCheck, ConfigMixin):
 
     def load_settings(self) -> None:
         self.settings = build_settings(self.config, self.instance)
+        install_log_filter(self.log.logger, self.scrubber)
+        # The check decodes responses itself, with a bound on their size: only encodings it can bound.
+        self.http.options['headers']['Accept-Encoding'] = ACCEPT_ENCODING
+        self.key_file = self.take_auth_token()
         if self.settings.admin_api_key:
-            self.register_secret(self.settings.admin_api_key)
-            self.http.options['headers']['Authorization'] = f'Bearer {self.settings.admin_api_key}'
+            self.use_key(self.settings.admin_api_key)
         self.base_tags = [f'openai_account:{self.settings.account_name}', *self.settings.tags]
         # Names only for ids some endpoint is grouped by: listing every project's API keys for no tag would
         # cost a request per project and hour.
@@ -84,6 +95,54 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             self.clock,
         )
 
+    def take_auth_token(self):
+        """Take the `auth_token` option away from the HTTP wrapper, to read the key here at every run.
+
+        Left to the wrapper, the file is read once and again only after a failed request, which the
+        wrapper then sends a second time at once: a 429 is repeated before the check can honour its
+        Retry-After, and every error costs two requests. And the key it reads is never registered, so
+        it is not scrubbed."""
+        handler = getattr(self.http, 'auth_token_handler', None)
+        # build_settings made sure of a file reader and a header writer.
+        self.http.auth_token_handler = None
+        return handler
+
+    def use_key(self, key: str) -> None:
+        self.has_key = True
+        self.register_secret(key)
+        self.scrubber.add(key)
+        if self.key_file is not None:
+            self.key_file.writer.write(key, default_options=self.http.options)
+        else:
+            self.http.options['headers']['Authorization'] = f'Bearer {key}'
+
+    def refresh_key(self) -> str | None:
+        """Read the `auth_token` file (a key rotated by a sidecar is used from the next run on). Returns
+        what went wrong, or None."""
+        if self.key_file is None:
+            return None
+        path = (self.instance.get('auth_token') or {}).get('reader', {}).get('path')
+        try:
+            # `error` makes the base reader read the file again instead of returning its cached key.
+            key = self.key_file.reader.read(error='the check reads the key at every run')
+        except Exception as e:
+            return f'Cannot read the admin key from the auth_token file {path}: {self.scrubber.detail(e)}'
+        key = (key or '').strip()
+        if not key:
+            return f'The auth_token file {path} holds no key: it must contain the admin key (sk-admin-...) alone.'
+        problem = key_problem(key)
+        if problem:
+            return f'The key in the auth_token file {path} {problem}'
+        self.use_key(key)
+        return None
+
+    def warning(self, warning_message, *args, **kwargs):
+        # Warnings reach `agent status` and `agent check` unscrubbed by the base class: scrub them here.
+        message = to_native_string(warning_message)
+        if args:
+            message = message % args
+        super().warning('%s', self.scrubber.message(message))
+
     # -- a run ---------------------------------------------------------------------------------
 
     def check(self, _):
@@ -91,6 +150,21 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         now = self.clock()
         if self.paced(now):
             return
+        if self.settings.sends_key_in_clear:
+            self.warning(
+                'api_base_url %s is plain http to another host: the admin key crosses the network unencrypted. '
+                'Use https://; plain http is for a proxy or a simulator on this host.',
+                self.settings.api_base_url,
+            )
+        problem = self.refresh_key()
+        if problem:
+            self.warning(problem)
+            if not self.has_key:
+                # No key was ever read: there is nothing to send. Otherwise the last key read goes on.
+                self.gauge(CAN_CONNECT.name, 0, tags=self.base_tags)
+                message = self.scrubber.message(problem)
+                self.service_check(SERVICE_CHECK, AgentCheck.CRITICAL, tags=self.base_tags, message=message)
+                raise CheckException(message)
         client = OpenAIClient(
             self.http,
             self.settings.api_base_url,
@@ -99,6 +173,7 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             self.log,
             sleep=self.sleep,
             monotonic=self.monotonic,
+            scrubber=self.scrubber,
         )
         self.refresh_names(client)
         results = []
@@ -129,7 +204,7 @@ class OpenAICheck(AgentCheck, ConfigMixin):
                 'with the Agent log at debug level.',
                 endpoint,
                 type(e).__name__,
-                e,
+                self.scrubber.detail(e),
             )
             return None
 
@@ -152,7 +227,9 @@ class OpenAICheck(AgentCheck, ConfigMixin):
     def refresh_names(self, client: OpenAIClient) -> None:
         if self.names.due():
             for problem in self.names.refresh(client):
-                self.log.warning('%s Metrics keep their ids; names follow at the next refresh.', problem)
+                self.log.warning(
+                    '%s Metrics keep their ids; names follow at the next refresh.', self.scrubber.message(problem)
+                )
 
     def collect(self, name: str, client: OpenAIClient, now: float) -> EndpointResult:
         endpoint = ENDPOINTS_BY_NAME[name]
@@ -216,7 +293,9 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             # next run starts again from the last state that was saved.
             self.ledgers.pop(name, None)
             self.warning(
-                '%s: could not save the state (%s); nothing submitted this run, the next run retries.', name, e
+                '%s: could not save the state (%s); nothing submitted this run, the next run retries.',
+                name,
+                self.scrubber.detail(e),
             )
             return
         self.ledgers[name] = result.ledger
@@ -242,7 +321,7 @@ class OpenAICheck(AgentCheck, ConfigMixin):
 
     def submit_month_to_date(self, result: EndpointResult) -> int:
         for currency, total in result.month_totals.items():
-            self.gauge(MONTH_TO_DATE.name, total, tags=self.base_tags + [f'currency:{currency}'])
+            self.gauge(MONTH_TO_DATE.name, total, tags=self.base_tags + [tag('currency', currency)])
         dims = ('project_id', 'currency')
         submitted = set()
         for (currency, project_id), total in result.project_month_totals.items():
@@ -272,7 +351,9 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         try:
             ledger = Ledger.loads(text)
         except Exception as e:
-            self.warning('%s: the saved state is unreadable (%s); recording a new baseline.', name, e)
+            self.warning(
+                '%s: the saved state is unreadable (%s); recording a new baseline.', name, self.scrubber.detail(e)
+            )
             return None
         if (
             self.is_cluster_check
@@ -312,13 +393,14 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         return tags
 
     def dimension_tags(self, dim: str, value: str) -> tuple[str, ...]:
-        """`dim:value`, and the name next to an id when it is known."""
+        """`dim:value`, and the name next to an id when it is known, normalized as Datadog would (tags.py).
+        Computed once per distinct value and run (series_tags caches it)."""
         name_tag = NAME_TAGS.get(dim)
         if name_tag and self.names.enabled.get(dim):
             resolved = self.names.lookup(dim, value)
             if resolved:
-                return (f'{dim}:{value}', f'{name_tag}:{resolved}')
-        return (f'{dim}:{value}',)
+                return (tag(dim, value), tag(name_tag, resolved))
+        return (tag(dim, value),)
 
     # -- the check's own health ----------------------------------------------------------------
 
@@ -341,7 +423,7 @@ class OpenAICheck(AgentCheck, ConfigMixin):
 
         status, message = self.connection_status(results, stats.rate_limited)
         self.gauge(CAN_CONNECT.name, 0 if status == AgentCheck.CRITICAL else 1, tags=tags)
-        self.service_check(SERVICE_CHECK, status, tags=tags, message=message)
+        self.service_check(SERVICE_CHECK, status, tags=tags, message=self.scrubber.message(message))
         self.gauge(RUN_DURATION.name, self.monotonic() - started, tags=tags)
         if status == AgentCheck.CRITICAL:
             # Health first, then the error: a run that read nothing must show as failed in `agent status`

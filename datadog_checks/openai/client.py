@@ -8,12 +8,17 @@ limited gives up cleanly before the next run is due instead of piling up behind 
 from __future__ import annotations
 
 import time
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from datadog_checks.base.utils.format import json
+
+from .scrub import Scrubber, printable
 
 ADMIN_KEY_HELP = (
     'The usage and costs endpoints need an organization admin key (sk-admin-...). Project keys and '
@@ -23,6 +28,19 @@ ADMIN_KEY_HELP = (
 
 BACKOFF_BASE = 1.0
 BACKOFF_MAX = 30.0
+
+# The most the check reads of one response, decompressed (and of the bytes on the wire). A page holds
+# `limit` buckets (the check asks for the most OpenAI allows: 168 hourly, 1,440 minute, 31 daily, 180 cost
+# buckets) of one row per group-by combination, which OpenAI does not bound; a row is about 600 bytes
+# (the benchmark's 100,000-series page: 410.6 MB for 7 buckets). 256 MiB is then a steady page (7 hourly
+# buckets) of some 60,000 series per bucket, three times the benchmark's large organization, and its
+# decoded rows take about 2 GB: beyond that the page would threaten the Agent rather than feed it.
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+# An error answer is read for its message only.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+READ_CHUNK = 64 * 1024
+# The encodings the check decodes itself, with a bound on what one compressed chunk may expand to.
+ACCEPT_ENCODING = 'gzip, deflate'
 
 
 class ApiError(Exception):
@@ -64,6 +82,16 @@ class BadResponse(ApiError):
     retryable = True
 
 
+class UnusableResponse(BadResponse):
+    """A response that would be the same if asked again: too large, echoing the key, a redirect."""
+
+    retryable = False
+
+
+class DeadlineExceeded(TransientError):
+    """The response did not arrive whole before the run's time budget ran out."""
+
+
 class TimeBudget:
     def __init__(self, seconds: float, monotonic: Callable[[], float] = time.monotonic):
         self._monotonic = monotonic
@@ -90,6 +118,61 @@ def _error_message(body: Any) -> str:
     return ''
 
 
+class _Inflater:
+    """gzip or deflate, decoded a bounded piece at a time: a small body cannot expand past the limit
+    in memory (a gzip bomb), since zlib is never asked for more than the room left."""
+
+    def __init__(self, encoding: str):
+        self.gzip = encoding in ('gzip', 'x-gzip')
+        self.wbits = 16 + zlib.MAX_WBITS if self.gzip else zlib.MAX_WBITS
+        self.obj = zlib.decompressobj(self.wbits)
+        self.started = False
+
+    def feed(self, data: bytes, out: bytearray, limit: int) -> None:
+        while data:
+            try:
+                piece = self.obj.decompress(data, limit - len(out) + 1)
+            except zlib.error:
+                if self.gzip or self.started:
+                    raise
+                # Some servers send raw deflate without the zlib header (urllib3 accepts both too).
+                self.wbits = -zlib.MAX_WBITS
+                self.obj = zlib.decompressobj(self.wbits)
+                piece = self.obj.decompress(data, limit - len(out) + 1)
+            self.started = True
+            out += piece
+            if len(out) > limit:
+                return
+            data = self.obj.unconsumed_tail
+            if self.obj.eof:
+                data = self.obj.unused_data
+                if not self.gzip:
+                    return
+                # Concatenated gzip members decode to the concatenation of their contents.
+                self.obj = zlib.decompressobj(self.wbits)
+
+    def finish(self, out: bytearray, limit: int) -> None:
+        out += self.obj.flush(limit - len(out) + 1)
+
+
+def _inflater(encoding: str | None) -> _Inflater | None:
+    encoding = (encoding or '').strip().lower()
+    if encoding in ('', 'identity'):
+        return None
+    if encoding in ('gzip', 'x-gzip', 'deflate'):
+        return _Inflater(encoding)
+    raise ValueError(encoding)
+
+
+def _socket_of(raw) -> Any:
+    """The socket under a streamed urllib3 response, to bound each wait by the deadline."""
+    sock = getattr(getattr(raw, 'connection', None), 'sock', None)
+    if sock is None:
+        # http.client's own reader: HTTPResponse.fp (a BufferedReader) over a SocketIO.
+        sock = getattr(getattr(getattr(getattr(raw, '_fp', None), 'fp', None), 'raw', None), '_sock', None)
+    return sock if hasattr(sock, 'settimeout') else None
+
+
 def _retry_after(response) -> float | None:
     value = response.headers.get('Retry-After')
     if value is None:
@@ -111,8 +194,11 @@ class OpenAIClient:
         log,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
+        scrubber: Scrubber | None = None,
     ):
         self.http = http
+        self.scrubber = scrubber or Scrubber()
+        self.max_response_bytes = MAX_RESPONSE_BYTES
         self.base_url = base_url.rstrip('/')
         self.budget = budget
         self.max_retries = max_retries
@@ -155,8 +241,20 @@ class OpenAIClient:
         connect, read = self.http.options.get('timeout') or (10, 10)
         timeout = (min(connect or remaining, remaining), min(read or remaining, remaining))
         started = self.monotonic()
+        # `timeout` bounds each wait for bytes; the deadline bounds the whole response, so that a server
+        # sending a byte now and then cannot hold the run past its budget.
+        deadline = started + remaining
         try:
-            response = self.http.get(f'{self.base_url}{path}', params=params, timeout=timeout, persist=True)
+            # Streamed, to bound what is read; never redirected: the Admin API does not redirect, and the
+            # other host's answer is not OpenAI's data.
+            response = self.http.get(
+                f'{self.base_url}{path}',
+                params=params,
+                timeout=timeout,
+                persist=True,
+                stream=True,
+                allow_redirects=False,
+            )
         except requests.Timeout as e:
             self._record(endpoint, 'timeout', started)
             raise TransientError(f'OpenAI did not answer {path} within {timeout[1]:.0f}s.', None, endpoint) from e
@@ -177,14 +275,30 @@ class OpenAIClient:
             ) from e
 
         status = response.status_code
-        content = response.content
+        try:
+            if 300 <= status < 400:
+                location = urlsplit(self.scrubber.detail(response.headers.get('Location') or '', 200))
+                target = f'{location.scheme}://{location.netloc}' if location.netloc else 'another address'
+                raise UnusableResponse(
+                    f'{path} was redirected ({status}) to {target}; the check does not follow redirects, since '
+                    f'the OpenAI Administration API never sends one: point api_base_url at the final address, or '
+                    f'check the proxy or gateway in between.',
+                    status,
+                    endpoint,
+                )
+            content = self._read_body(response, path, endpoint, status, deadline, timeout[1])
+        except ApiError as e:
+            self._record(endpoint, getattr(e, 'recorded_as', None) or str(status), started)
+            raise
+        finally:
+            response.close()
         self._record(endpoint, str(status), started)
         self.stats.bytes += len(content)
         if status == 200:
             return self._decode(content, path, endpoint)
 
         body = self._try_decode(content)
-        detail = _error_message(body) or _snippet(content)
+        detail = self.scrubber.detail(_error_message(body)) or self._snippet(content)
         if status in (401, 403):
             raise AuthError(
                 f'OpenAI refused the key with {status} on {path} ({detail}). {ADMIN_KEY_HELP}',
@@ -200,6 +314,96 @@ class OpenAIClient:
         if status >= 500:
             raise TransientError(f'OpenAI answered {status} on {path} ({detail}).', status, endpoint, body)
         raise RequestRefused(f'OpenAI refused the request to {path} with {status}: {detail}', status, endpoint, body)
+
+    def _read_body(
+        self, response, path: str, endpoint: str, status: int, deadline: float, read_timeout: float
+    ) -> bytearray:
+        """The body, decompressed, read a piece at a time within the deadline and the size limit.
+
+        A 200 over the limit is refused whole; an error answer is cut at MAX_ERROR_BODY_BYTES, which
+        keeps its message."""
+        page = status == 200
+        limit = self.max_response_bytes if page else MAX_ERROR_BODY_BYTES
+        too_large = UnusableResponse(
+            f'The response to {path} is larger than the {limit / 2**20:.0f} MiB the check reads from one '
+            f'response; it was not used. A page that large holds too many series per bucket: narrow group_by '
+            f'for {endpoint}, or, after an outage, lower max_catch_up_hours (fewer buckets per page).',
+            status,
+            endpoint,
+        )
+        declared = response.headers.get('Content-Length') or ''
+        if page and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        try:
+            inflater = _inflater(response.headers.get('Content-Encoding'))
+        except ValueError:
+            raise UnusableResponse(
+                f'OpenAI sent {path} in an encoding the check does not read '
+                f'({self.scrubber.detail(response.headers.get("Content-Encoding"), 40)}); it asks for '
+                f'{ACCEPT_ENCODING}. A proxy in between may be re-encoding responses.',
+                status,
+                endpoint,
+            ) from None
+        raw = response.raw
+        read = getattr(raw, 'read1', None) or raw.read
+        sock = _socket_of(raw)
+        body = bytearray()
+        received = 0
+        try:
+            while True:
+                left = deadline - self.monotonic()
+                if left <= 0:
+                    raise DeadlineExceeded(
+                        f'OpenAI was still sending {path} when the run\'s time budget ran out ({received} bytes '
+                        f'received); the next run resumes.',
+                        status,
+                        endpoint,
+                    )
+                if sock is not None:
+                    sock.settimeout(max(0.01, min(read_timeout or left, left)))
+                chunk = read(READ_CHUNK, decode_content=False)
+                if not chunk:
+                    break
+                received += len(chunk)
+                if inflater is None:
+                    body += chunk
+                else:
+                    inflater.feed(chunk, body, limit)
+                if len(body) > limit or received > limit:
+                    if page:
+                        raise too_large
+                    break
+            if inflater is not None and len(body) <= limit:
+                inflater.finish(body, limit)
+        except (urllib3.exceptions.TimeoutError, TimeoutError) as e:
+            if deadline - self.monotonic() <= 0:
+                raise DeadlineExceeded(
+                    f'OpenAI was still sending {path} when the run\'s time budget ran out ({received} bytes '
+                    f'received); the next run resumes.',
+                    status,
+                    endpoint,
+                ) from e
+            err = TransientError(f'OpenAI did not answer {path} within {read_timeout:.0f}s.', None, endpoint)
+            err.recorded_as = 'timeout'
+            raise err from e
+        except (urllib3.exceptions.HTTPError, OSError, zlib.error) as e:
+            if not page:
+                return body  # what arrived of an error answer still tells its status
+            err = BadResponse(
+                f'The response from {path} was cut off before its end; a proxy or the network dropped it.',
+                None,
+                endpoint,
+            )
+            err.recorded_as = 'truncated'
+            raise err from e
+        if page and self.scrubber.contains_secret(body):
+            raise UnusableResponse(
+                f'The response to {path} contains the admin key the check sent, so something between the Agent '
+                f'and OpenAI echoes request headers; it was not used. Check api_base_url and the proxy.',
+                status,
+                endpoint,
+            )
+        return body
 
     def _record(self, endpoint: str, status: str, started: float) -> None:
         self.stats.calls[(endpoint, status)] += 1
@@ -217,14 +421,27 @@ class OpenAIClient:
             body = json.decode(content)
         except Exception as e:
             raise BadResponse(
-                f'OpenAI sent a body that is not JSON for {path} ({_snippet(content)}); a proxy or gateway '
+                f'OpenAI sent a body that is not JSON for {path} ({self._snippet(content)}); a proxy or gateway '
                 f'in between may be answering instead of OpenAI, or the response was cut off.',
                 200,
                 endpoint,
             ) from e
         if not isinstance(body, dict):
-            raise BadResponse(f'OpenAI sent an unexpected body for {path}: {_snippet(content)}', 200, endpoint)
+            raise BadResponse(f'OpenAI sent an unexpected body for {path}: {self._snippet(content)}', 200, endpoint)
         return body
+
+    def _snippet(self, content: bytes, size: int = 120) -> str:
+        """The start of a body for a message, scrubbed: a gateway may echo the request's headers."""
+        window = size * 4
+        words = content[:window].decode('utf-8', 'replace').split()
+        if len(content) > window and len(words) > 1:
+            words.pop()  # the window may have cut a key in two, and half a key is not recognised
+        text = self.scrubber.text(printable(' '.join(words)))
+        if not text:
+            return 'empty body'
+        if len(text) <= size and len(content) <= window:
+            return text
+        return self.scrubber.text(text[:size]) + '...'
 
     # -- pagination ----------------------------------------------------------------------------
 
@@ -278,10 +495,3 @@ def _reason(error: ApiError) -> str:
     if error.status == 429:
         return 'rate_limited'
     return 'server_error'
-
-
-def _snippet(content: bytes, size: int = 120) -> str:
-    text = content[:size].decode('utf-8', 'replace').strip().replace('\n', ' ')
-    if not text:
-        return 'empty body'
-    return text + ('...' if len(content) > size else '')

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from .catalogue import BUCKET_SECONDS, COSTS, Endpoint
 from .client import ApiError, BadResponse, OpenAIClient
-from .ledger import Ledger, shape_of
+from .ledger import MAX_VALUE, Ledger, shape_of
 
 # Series keys join the dimension values with a separator that cannot appear in an id or a name.
 SEP = '\x1f'
@@ -147,6 +147,17 @@ def values_reader(fields) -> Callable[[dict], tuple]:
     return read
 
 
+def valid_values(values: tuple) -> bool:
+    """Every value reported is a finite number from 0 to MAX_VALUE (NaN fails every comparison).
+
+    OpenAI's figures are counts and amounts: a negative, infinite or NaN one (`"NaN"`, `1e999`) is a
+    malformed row, never a metric, and never saved."""
+    for v in values:
+        if v is not None and not 0 <= v <= MAX_VALUE:
+            return False
+    return True
+
+
 def key_reader(group_by: tuple[str, ...], fixed_dims) -> Callable[[dict], str]:
     """row -> series key: the dimension values joined with SEP, a null dimension as NULL."""
     paths = tuple(path for _, path in fixed_dims)
@@ -177,6 +188,8 @@ class EndpointCollector:
         self.month_dim = self.dims.index('project_id') if 'project_id' in self.dims else None
         self.currency_dim = self.dims.index('currency') if 'currency' in self.dims else None
         self.key_of = key_reader(group_by, self.fixed_dims)
+        # A series key has exactly this many separators; a value holding one would shift the others.
+        self.separators = max(len(self.dims) - 1, 0)
         self.read_flows = values_reader(self.flows)
         self.read_levels = values_reader(self.levels)
 
@@ -197,12 +210,16 @@ class EndpointCollector:
         current: dict[str, tuple] = {}
         malformed = 0
         key_of = self.key_of
+        separators = self.separators
         for row in results:
             if row.__class__ is not dict:
                 malformed += 1
                 continue
             values = read_values(row)
             key = key_of(row)
+            if key.count(SEP) != separators:
+                malformed += 1  # a dimension value with the separator in it: its dimensions cannot be told apart
+                continue
             seen = current.get(key)
             if seen is None:
                 current[key] = values
@@ -248,8 +265,13 @@ class EndpointCollector:
                     if self.flows:
                         self._diff_bucket(result, start, results, window.baseline, start >= this_month)
                     if self.levels and results:
-                        current, _ = self._aggregate(results, self.read_levels)
+                        current, malformed = self._aggregate(results, self.read_levels)
+                        if not self.flows:
+                            result.malformed += malformed  # otherwise _diff_bucket counted the same rows
                         for key, values in current.items():
+                            if not valid_values(values):
+                                result.malformed += 1
+                                continue
                             if key not in levels_seen or levels_seen[key][0] <= start:
                                 levels_seen[key] = (start, values)
             result.complete = True
@@ -270,10 +292,16 @@ class EndpointCollector:
         submitted = result.ledger.buckets.setdefault(start, {})
         counts = result.counts
         names = self.flow_names
+        rejected = []
         for key, values in current.items():
             old = submitted.get(key)
             if old == values:
                 continue  # most of the window has not changed since the previous run
+            # Only new and changed rows are checked: unchanged ones equal what the ledger holds, checked before.
+            if not valid_values(values):
+                result.malformed += 1
+                rejected.append(key)
+                continue
             if old is None:
                 submitted[key] = values
                 if not baseline:
@@ -293,6 +321,13 @@ class EndpointCollector:
                     if not baseline:
                         counts.append((names[i], delta, key))
             submitted[key] = tuple(now_submitted)
+        for key in rejected:
+            # The month's total counts what was last submitted for a rejected row, as the ledger does.
+            old = submitted.get(key)
+            if old is None:
+                del current[key]
+            else:
+                current[key] = old
         if in_month and self.currency_dim is not None:
             self._add_month(result, current)
 

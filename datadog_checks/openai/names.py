@@ -8,8 +8,10 @@ on an interval, and a failure to refresh keeps the names already known: metrics 
 from __future__ import annotations
 
 from typing import Callable
+from urllib.parse import quote
 
 from .client import ApiError, OpenAIClient
+from .scrub import MAX_DETAIL, cap
 
 LIST_LIMIT = 100
 
@@ -58,15 +60,25 @@ class NameResolver:
             for project in projects:
                 if not isinstance(project, dict) or project.get('status') == 'archived' or not project.get('id'):
                     continue
+                project_id = str(project['id'])
+                if not project_id.strip('.'):
+                    # `.` and `..` stay dot segments even quoted (URL normalization removes them).
+                    problems.append(f'API key names of project {cap(project_id, MAX_DETAIL)} not refreshed: not an id.')
+                    continue
                 try:
+                    # Quoted whole: an id is OpenAI's data, and `../` or `?` in it must not choose the path.
                     keys = client.iter_list(
-                        f'/organization/projects/{project["id"]}/api_keys', [('limit', LIST_LIMIT)], 'api_keys'
+                        f'/organization/projects/{quote(project_id, safe="")}/api_keys',
+                        [('limit', LIST_LIMIT)],
+                        'api_keys',
                     )
                     self.names['api_key_id'].update(
                         {k['id']: k['name'] for k in keys if isinstance(k, dict) and k.get('id') and k.get('name')}
                     )
                 except ApiError as e:
-                    problems.append(f'API key names of project {project["id"]} not refreshed: {e.message}')
+                    problems.append(
+                        f'API key names of project {cap(project_id, MAX_DETAIL)} not refreshed: {e.message}'
+                    )
         if self.enabled['user_id']:
             try:
                 users = client.iter_list('/organization/users', [('limit', LIST_LIMIT)], 'users')

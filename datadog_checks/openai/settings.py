@@ -7,8 +7,10 @@ relate to each other, and reports every problem at once, each with what to write
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+from dataclasses import dataclass, field
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from datadog_checks.base import ConfigurationError
 
@@ -23,7 +25,8 @@ NON_ADMIN_KEY_PREFIXES = ('sk-proj-', 'sk-svcacct-', 'sk-None-')
 @dataclass(frozen=True)
 class Settings:
     account_name: str
-    admin_api_key: str | None
+    # Never in a repr: a settings object printed in a log or a traceback must not carry the key.
+    admin_api_key: str | None = field(repr=False)
     api_base_url: str
     endpoints: tuple[str, ...]
     group_by: Mapping[str, tuple[str, ...]]
@@ -40,8 +43,54 @@ class Settings:
     max_retries: int
     tags: tuple[str, ...]
 
+    @property
+    def sends_key_in_clear(self) -> bool:
+        """An http:// base URL to another host than this one: the key crosses the network unencrypted."""
+        parts = urlsplit(self.api_base_url)
+        return parts.scheme == 'http' and not is_loopback(parts.hostname or '')
+
     def width_of(self, endpoint: str) -> str:
         return '1d' if endpoint == COSTS_ENDPOINT.name else self.bucket_width
+
+
+def _host_of(url: str) -> str:
+    try:
+        return urlsplit(url).hostname or ''
+    except ValueError:
+        return ''
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == 'localhost':
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _reads_a_file(auth_token: Any) -> bool:
+    if not isinstance(auth_token, Mapping):
+        return True  # the HTTP wrapper reports the malformed option itself
+    reader, writer = auth_token.get('reader'), auth_token.get('writer')
+    return (
+        isinstance(reader, Mapping)
+        and isinstance(writer, Mapping)
+        and reader.get('type') == 'file'
+        and writer.get('type') == 'header'
+    )
+
+
+def key_problem(key: str) -> str | None:
+    """What is wrong with a key's characters (never the key itself), or None."""
+    if any(c.isspace() or not c.isprintable() for c in key):
+        return (
+            'contains spaces, line breaks or control characters: it must be the key alone, as OpenAI shows it '
+            '(sk-admin-...).'
+        )
+    if not key.isascii():
+        return 'contains non-ASCII characters: it must be the key alone, as OpenAI shows it (sk-admin-...).'
+    return None
 
 
 def _list(value: Any) -> list:
@@ -60,12 +109,18 @@ def build_settings(config: Any, instance: Mapping[str, Any]) -> Settings:
     if not account_name:
         problems.append('`account_name` is required: a short name for this OpenAI organization, e.g. `prod`.')
 
-    admin_api_key = getattr(config, 'admin_api_key', None)
+    # A key pasted or read from a file often ends with a newline; one sent that way is refused before
+    # it leaves (requests' InvalidHeader), with the key in the error.
+    admin_api_key = (getattr(config, 'admin_api_key', None) or '').strip() or None
     if not admin_api_key and not instance.get('auth_token'):
         problems.append(
             '`admin_api_key` is required (or an `auth_token` reader): an organization admin key, sk-admin-..., '
             'created by an organization owner at https://platform.openai.com/settings/organization/admin-keys.'
         )
+    elif admin_api_key and instance.get('auth_token'):
+        problems.append('Set `admin_api_key` or `auth_token`, not both: the check would not know which key to send.')
+    elif admin_api_key and key_problem(admin_api_key):
+        problems.append(f'`admin_api_key` {key_problem(admin_api_key)}')
     elif admin_api_key and admin_api_key.startswith(NON_ADMIN_KEY_PREFIXES):
         problems.append(
             '`admin_api_key` is a project or service account key (sk-proj-/sk-svcacct-). The usage and '
@@ -73,8 +128,15 @@ def build_settings(config: Any, instance: Mapping[str, Any]) -> Settings:
             'https://platform.openai.com/settings/organization/admin-keys.'
         )
 
+    auth_token = instance.get('auth_token')
+    if auth_token and not _reads_a_file(auth_token):
+        problems.append(
+            '`auth_token` must have a `file` reader and a `header` writer (name: Authorization, value: '
+            'Bearer <TOKEN>): an admin key is a static key, which the check reads from that file at every run.'
+        )
+
     api_base_url = (getattr(config, 'api_base_url', None) or '').rstrip('/')
-    if not api_base_url.startswith(('http://', 'https://')):
+    if not api_base_url.startswith(('http://', 'https://')) or not _host_of(api_base_url):
         problems.append(
             f'`api_base_url` must be an http(s) URL such as https://api.openai.com/v1, not {api_base_url!r}.'
         )
