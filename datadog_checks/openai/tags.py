@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+from .catalogue import NAME_TAGS
+
 MAX_TAG_LENGTH = 200
 # Ids must stay distinct: two series of different projects must never share a tag value.
 ID_DIMENSIONS = frozenset({'project_id', 'api_key_id', 'user_id', 'vector_store_id'})
@@ -46,3 +48,53 @@ def tag_value(dim: str, value: str) -> str:
 
 def tag(dim: str, value: str) -> str:
     return f'{dim}:{tag_value(dim, value)}'
+
+
+class TagBuilder:
+    """The tags of every series a run submits: the account's, then each dimension's, with the name next to
+    an id when it is known. Built once per series and run: kept between runs, they would hold a list per
+    series for nothing, and names refreshed meanwhile would not reach them."""
+
+    def __init__(self, base_tags: list[str], names):
+        self.base_tags = base_tags
+        self.names = names
+        self._series: dict[tuple, list[str]] = {}
+        self._fragments: dict[tuple[str, str], tuple[str, ...]] = {}
+
+    def tags(self, dims: tuple[str, ...], key: tuple[str, ...]) -> list[str]:
+        cache_key = (dims, key)
+        tags = self._series.get(cache_key)
+        if tags is None:
+            tags = list(self.base_tags)
+            fragments = self._fragments
+            for dim_value in zip(dims, key):
+                if not dim_value[1]:
+                    continue  # a dimension OpenAI did not group by (null) is left out, not tagged `none`
+                fragment = fragments.get(dim_value)
+                if fragment is None:
+                    fragment = fragments[dim_value] = self.dimension_tags(*dim_value)
+                tags.extend(fragment)
+            self._series[cache_key] = tags
+        return tags
+
+    def dimension_tags(self, dim: str, value: str) -> tuple[str, ...]:
+        """`dim:value`, and the name next to an id when it is known, normalized as Datadog would."""
+        name_tag = NAME_TAGS.get(dim)
+        if name_tag and self.names.enabled.get(dim):
+            resolved = self.names.lookup(dim, value)
+            if resolved:
+                return (tag(dim, value), tag(name_tag, resolved))
+        return (tag(dim, value),)
+
+    def contexts(self, points) -> int:
+        """How many metric contexts the points make: the Agent keys a context on the metric name and the set of
+        tags, so series whose tags come out the same share one (and one custom metric)."""
+        submitted = {(metric, dims, key) for metric, _, dims, key in points}
+        series = {(dims, key) for _, dims, key in submitted}
+        if len({frozenset(self.tags(*s)) for s in series}) == len(series):
+            return len(submitted)  # the usual case: one tag set per series
+        return len({(metric, frozenset(self.tags(dims, key))) for metric, dims, key in submitted})
+
+    def forget(self) -> None:
+        self._series.clear()
+        self._fragments.clear()
