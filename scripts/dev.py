@@ -15,6 +15,12 @@ Pythons are looked up as PYTHON_3_12=/path/to/python3.12 (an explicit choice), p
 pyenv's versions ($PYENV_ROOT or ~/.pyenv, newest patch release first), /usr/local/bin and /usr/bin. Where a
 command wants several Pythons and one is missing, it warns and goes on with the others, except under CI=true,
 where it fails: CI must test every supported Python.
+
+Why not hatch environments (integrations-core runs `ddev test`, which drives hatch and hatch.toml): hatch is not on a
+fresh machine, so these commands would first have to find a Python and make a venv for hatch anyway; hatch.toml's
+`datadog-checks` environment collector comes with ddev (Python 3.13 only), so the demo and the tests would need 3.13
+even where 3.12 is all there is; that collector installs datadog-checks-dev unpinned; and hatch looks for Pythons on
+PATH, then downloads one of its own, never under pyenv's versions. hatch.toml stays what ddev reads.
 """
 
 from __future__ import annotations
