@@ -629,7 +629,7 @@ COMMANDS = {
 def main(argv: list) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `scripts/dev --help | head` ends quietly
     if not argv or argv[0] in ('-h', '--help'):
-        print(__doc__.strip())
+        print(__doc__.split('\nWhy not hatch')[0].strip())
         return 0
     if argv[0] not in COMMANDS:
         log(f'error: unknown command {argv[0]!r}; the commands are: {", ".join(COMMANDS)} (scripts/dev --help)')
