@@ -467,11 +467,22 @@ def agent_requirement(py: str) -> str:
     return f'datadog-checks-base[deps]{m.group(1)}'
 
 
-def agent_venv(v: str, py: str, tmp: Path) -> Path:
+def floor_requirement(py: str) -> str:
+    """The oldest base the check supports, pinned: what the oldest supported Agent ships."""
+    m = re.search(r'>=\s*([\w.]+)', agent_requirement(py))
+    if not m:
+        raise Fail('pyproject.toml: the datadog-checks-base dependency has no lower bound (>=)')
+    return f'datadog-checks-base[deps]=={m.group(1)}'
+
+
+def agent_venv(v: str, py: str, tmp: Path, floor: bool = False) -> Path:
     """.venvs/agent-py3.X holding only what the Agent ships; its `pip freeze` at creation is its
     final_constraints-py3.txt, as in the Agent. Recreated when the requirement or the interpreter change, or when
-    it holds more than at its creation."""
-    venv, requirement = VENVS / f'agent-py{v}', agent_requirement(py)
+    it holds more than at its creation. With `floor`, .venvs/agent-floor-py3.X holds the oldest base supported."""
+    if floor:
+        venv, requirement = VENVS / f'agent-floor-py{v}', floor_requirement(py)
+    else:
+        venv, requirement = VENVS / f'agent-py{v}', agent_requirement(py)
     python, constraints = venv / 'bin' / 'python', venv / 'final_constraints-py3.txt'
     requirements = tmp / f'agent-requirements-{v}.txt'
     requirements.write_text(f'# scripts/test-install: the Agent-shipped set, nothing else\n{requirement}\n')
@@ -526,6 +537,10 @@ class Simulator:
                 self.proc.wait()
 
 
+# Agent 7.71, the oldest the check supports, embeds Python 3.12 (3.13 from 7.72 on).
+FLOOR_PYTHON = '3.12'
+
+
 def test_install(v: str, py: str, tmp: Path) -> str:
     """Steps 1-5 of cmd_test_install for one Python; returns the result line, raises Fail on the first failure."""
     started = time.monotonic()
@@ -533,19 +548,28 @@ def test_install(v: str, py: str, tmp: Path) -> str:
     for d in ('dist', 'confd', 'cwd'):
         (work / d).mkdir(parents=True)
     dev = dev_venv(v, py)
-    agent = agent_venv(v, py, tmp)
-    apy = agent / 'bin' / 'python'
-    constraints = agent / 'final_constraints-py3.txt'
-    base_version = re.search(r'(?im)^datadog-checks-base==(\S+)', constraints.read_text())
-    base_version = base_version.group(1) if base_version else '?'
-
     log(f'=== Python {v}: building the wheel')
     run([dev, '-m', 'build', '--wheel', '--no-isolation', '--outdir', work / 'dist', REPO], 'building the wheel', True)
     wheels = sorted((work / 'dist').glob('*.whl'))
     if len(wheels) != 1:
         raise Fail(f'expected one wheel, got: {wheels}')
     wheel = wheels[0]
+    result = install_and_run(v, dev, agent_venv(v, py, tmp), wheel, work)
+    if v == FLOOR_PYTHON:
+        # The oldest Agent the check supports embeds this Python with the oldest base it supports.
+        floor = tmp / f'py{v}-floor'
+        for d in ('confd', 'cwd'):
+            (floor / d).mkdir(parents=True)
+        result += '; ' + install_and_run(v, dev, agent_venv(v, py, tmp, floor=True), wheel, floor)
+    return f'Python {v}: OK ({time.monotonic() - started:.0f}s) {result}'
 
+
+def install_and_run(v: str, dev: Path, agent: Path, wheel: Path, work: Path) -> str:
+    """Steps 3-5 of cmd_test_install in one Agent-like venv; returns what they found."""
+    apy = agent / 'bin' / 'python'
+    constraints = agent / 'final_constraints-py3.txt'
+    base_version = re.search(r'(?im)^datadog-checks-base==(\S+)', constraints.read_text())
+    base_version = base_version.group(1) if base_version else '?'
     # `datadog-agent integration install -w WHEEL`, from outside the repository.
     log(f'=== Python {v}: installing {wheel.name} into {agent}')
     install = ['install', '--constraint', constraints, '--no-cache-dir', '--no-index', '--no-deps', '--force-reinstall']
@@ -571,8 +595,8 @@ def test_install(v: str, py: str, tmp: Path) -> str:
         simulator.stop()
     log(ran)
     return (
-        f'Python {v}: OK ({time.monotonic() - started:.0f}s) {wheel.name} -> {agent.relative_to(REPO)} '
-        f'[datadog-checks-base {base_version} only]: {installed.partition(": ")[2]}; {ran}'
+        f'{wheel.name} -> {agent.relative_to(REPO)} [datadog-checks-base {base_version} only]: '
+        f'{installed.partition(": ")[2]}; {ran}'
     )
 
 
