@@ -41,6 +41,24 @@ def unsupported_base_message(version: str | None = None) -> str | None:
     return OLD_BASE_HELP % ('.'.join(map(str, MIN_BASE_VERSION)), MIN_AGENT_VERSION, version.strip())
 
 
+def allow_secure_fields_on_older_bases() -> None:
+    """Let the generated config models run on a base older than the ddev that generated them.
+
+    ddev's models check the options it deems secure (auth_token, tls_ca_cert, tls_cert...) with
+    `validation.security.check_field_trusted_provider`, which datadog-checks-base has only from 37.33.0:
+    on an older base (Agent 7.71 ships 37.20.0) configuring `tls_ca_cert` for a proxy would fail every run.
+    Those bases have no trusted-provider setting to enforce, so the check they lack is one that allows
+    everything: it is supplied where, and only where, the base has none."""
+    from datadog_checks.base.utils.models import validation
+
+    try:
+        validation.security  # noqa: B018
+    except AttributeError:
+        import types
+
+        validation.security = types.SimpleNamespace(check_field_trusted_provider=lambda *args, **kwargs: None)
+
+
 def unsupported_check_class(message: str) -> type:
     """A stand-in for the check on a base too old for it, which refuses every instance with `message`.
 
