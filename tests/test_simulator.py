@@ -606,6 +606,18 @@ def test_fault_counts_and_matching(http, server):
         server.faults.add('costs', 'meteor')
 
 
+def test_a_fault_on_later_pages_spares_the_first(http, server):
+    server.faults.add('embeddings', 503, count=None, on_later_pages=True)
+    params = [('start_time', NOW - 10 * H), ('bucket_width', '1h'), ('limit', 3)]
+    first = get(http, server, usage_path('embeddings'), params)
+    assert first.status_code == 200 and first.json()['has_more']
+    cursor = first.json()['next_page']
+    assert get(http, server, usage_path('embeddings'), params + [('page', cursor)]).status_code == 503
+    assert get(http, server, usage_path('embeddings'), params).status_code == 200
+    server.faults.clear()
+    assert get(http, server, usage_path('embeddings'), params + [('page', cursor)]).status_code == 200
+
+
 def test_timeout_fault(http, server):
     server.faults.add('costs', 'timeout', delay=2)
     with pytest.raises(requests.Timeout):
