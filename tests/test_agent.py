@@ -134,23 +134,7 @@ def test_the_agent_check_command_is_recognised_on_every_platform(argv, expected)
     assert is_agent_check_command(argv) is expected
 
 
-class FakeProcess:
-    cmdline_value: list[str] = []
-
-    def cmdline(self):
-        return list(self.cmdline_value)
-
-
-@pytest.fixture
-def command_line(monkeypatch):
-    """Make psutil report this process's command line as the Agent's, the way it does inside the Agent."""
-    import psutil
-
-    def set_to(argv):
-        monkeypatch.setattr(FakeProcess, 'cmdline_value', argv)
-        monkeypatch.setattr(psutil, 'Process', FakeProcess)
-
-    return set_to
+# `command_line` (tests/conftest.py) makes psutil report the Agent's command line.
 
 
 def test_the_command_line_comes_from_psutil(command_line):
