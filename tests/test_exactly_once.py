@@ -8,11 +8,13 @@ group-bys are the tests' own (tests/conftest.py), not the check's catalogue.
 
 import calendar
 import csv
+import json
 import time
 from pathlib import Path
 
 import pytest
 from datadog_checks.base import AgentCheck
+from datadog_checks.base.stubs import datadog_agent
 
 from .conftest import (
     DEFAULT_GROUP_BY,
@@ -268,3 +270,139 @@ def test_a_node_agent_catches_up_after_an_outage(org, clock, sim, make_check, dd
     dd_run_check(check)
     assert not any('another runner' in w for w in check.warnings)
     assert_exact(org, clock.now(), endpoints=('completions',))
+
+
+# == The six ways of losing or doubling usage that once passed every test (issue 11) ==========================
+
+
+def test_a_state_that_cannot_be_saved_submits_nothing_that_run_and_the_totals_stay_exact(
+    org, clock, sim, make_check, dd_run_check, aggregator, monkeypatch
+):
+    check = make_check()
+    for _ in range(12):
+        dd_run_check(check)
+        clock.advance(300)
+    write = datadog_agent.write_persistent_cache
+
+    def disk_full_for_completions(key, value):
+        # Mid-run: the endpoints before completions were saved, the ones after it are saved too.
+        if key.endswith('ledger_completions'):
+            raise OSError(28, 'No space left on device')
+        return write(key, value)
+
+    before = {m: len(aggregator.metrics(m)) for metrics in FLOW_METRICS.values() for m in metrics}
+    monkeypatch.setattr(datadog_agent, 'write_persistent_cache', disk_full_for_completions)
+    clock.advance(H)  # an hour of usage for that run to (not) submit
+    dd_run_check(check)
+    monkeypatch.setattr(datadog_agent, 'write_persistent_cache', write)
+    assert any(
+        w.startswith('completions: could not save the state') and 'No space left on device' in w for w in check.warnings
+    ), check.warnings
+    after = {m: len(aggregator.metrics(m)) for m in before}
+    # Nothing of completions was submitted that run; the other endpoints were.
+    assert all(after[m] == before[m] for m in FLOW_METRICS['completions'])
+    assert after['openai.api.usage.embeddings.input_tokens'] > before['openai.api.usage.embeddings.input_tokens']
+    assert after['openai.api.costs.amount'] > before['openai.api.costs.amount']
+    for _ in range(12):
+        clock.advance(300)
+        dd_run_check(check)
+    assert_exact(org, clock.now())
+
+
+def test_a_first_run_that_cannot_read_every_page_of_its_history_never_submits_that_history(
+    org, clock, sim, make_check, dd_run_check, aggregator, state
+):
+    # Ten days of history, a window of 200 hourly buckets: two pages (168 buckets a page). The second page
+    # fails on the first run, which cannot record half a baseline: the next run would then submit the
+    # history of the buckets the first one did not read.
+    options = dict(usage_endpoints=['completions'], collect_costs=False, revision_window_hours=200)
+    options['max_catch_up_hours'] = 240
+    clock.advance(10 * D + 17 * 60)
+    sim.faults.add('completions', 503, count=None, on_later_pages=True)
+    check = make_check(**options)
+    with pytest.raises(Exception, match='No endpoint could be read: OpenAI answered 503'):
+        dd_run_check(check, extract_message=True)  # the only endpoint: the run read nothing
+    pages = [r for r in sim.requests_to('completions')]
+    assert pages[0].status == 200 and pages[0].param('page') is None
+    assert pages[-1].status == 503 and pages[-1].param('page') is not None
+    assert not any(aggregator.metrics(m) for m in FLOW_METRICS['completions'])
+    assert not any(key.endswith('ledger_completions') for key in state)
+    sim.faults.clear()
+    check = make_check(**options)  # a restart in between changes nothing
+    clock.advance(300)
+    t1 = clock.now()
+    dd_run_check(check)  # the baseline, read whole
+    assert len([r for r in sim.requests_to('completions') if r.time == t1]) == 2
+    assert not any(aggregator.metrics(m) for m in FLOW_METRICS['completions'])
+    for _ in range(24):
+        clock.advance(300)
+        dd_run_check(check)
+    t = clock.now()
+    group_by = DEFAULT_GROUP_BY['completions']
+    w1 = floor_to(t1 - 200 * H, H)
+    # Only what grew after the whole baseline: the history before it, never.
+    expected = reported_totals(org, 'completions', group_by, w1, int(t) + H, t)
+    for key, fields in reported_totals(org, 'completions', group_by, w1, int(t) + H, t1).items():
+        for f, v in fields.items():
+            expected[key][f] -= v
+    assert_same_totals(submitted_totals('completions', group_by), expected, 'completions')
+
+
+def test_a_catch_up_longer_than_one_page_reads_every_page(org, clock, sim, make_check, dd_run_check):
+    check = make_check(usage_endpoints=['completions', 'embeddings'], collect_costs=False, max_catch_up_hours=240)
+    dd_run_check(check)
+    clock.advance(9 * D + 300)  # 217 hourly buckets since the last read: two pages of 168
+    sim.clear_log()
+    dd_run_check(check)
+    for name in ('completions', 'embeddings'):
+        requests = sim.requests_to(name)
+        assert [r.status for r in requests] == [200, 200], name
+        assert requests[0].param('page') is None and requests[1].param('page') is not None
+        assert requests[0].param('start_time') == requests[1].param('start_time')
+    assert not any('was not collected' in w for w in check.warnings)
+    clock.advance(300)
+    dd_run_check(check)
+    assert_exact(org, clock.now(), endpoints=('completions', 'embeddings'))
+
+
+def test_after_many_runs_the_state_holds_only_the_re_read_window(org, clock, sim, make_check, dd_run_check, state):
+    check = make_check(usage_endpoints=['completions', 'vector_stores'])
+    sizes = []
+    for i in range(2 * 48):  # two days, every 30 minutes
+        dd_run_check(check)
+        if i in (47, 95):
+            sizes.append(sum(len(v) for k, v in state.items() if k.endswith('ledger_completions')))
+        clock.advance(1800)
+    now = clock.now() - 1800
+    saved = {key.rsplit('ledger_', 1)[1]: json.loads(text) for key, text in state.items() if 'ledger_' in key}
+    # vector_stores has no flow to track, but its (empty) ledger moves on too.
+    assert set(saved) == {'completions', 'vector_stores', 'costs'}
+    horizons = {
+        'completions': floor_to(now - 6 * H, H),
+        'vector_stores': floor_to(now - 6 * H, H),
+        'costs': min(month_start(now), floor_to(now - 3 * D, D)),
+    }
+    for name, ledger in saved.items():
+        assert ledger['horizon'] == horizons[name], name
+        starts = sorted(int(s) for s in ledger['buckets'])
+        assert all(horizons[name] <= s <= now for s in starts), name
+    assert len(saved['completions']['buckets']) == 7  # 6 h of hourly buckets and the one in progress
+    assert len(saved['costs']['buckets']) <= 31 + 3
+    # A day more of runs left the completions state no larger (the traffic varies a little).
+    assert sizes[1] < sizes[0] * 1.25, sizes
+    # What the check keeps in memory is what it saved.
+    assert check.ledgers['completions'].horizon == horizons['completions']
+    assert sorted(check.ledgers['completions'].buckets) == sorted(int(s) for s in saved['completions']['buckets'])
+
+
+def test_a_one_hour_revision_window_still_gets_every_revision(org, clock, sim, make_check, dd_run_check):
+    # Buckets settle 20 minutes after they close: a one-hour window must still re-read the previous bucket.
+    check = make_check(revision_window_hours=1, collect_costs=False)
+    for _ in range(12 * 10):
+        dd_run_check(check)
+        clock.advance(300)
+    dd_run_check(check)
+    assert_exact(org, clock.now(), endpoints=USAGE)
+    # The last run read from the window of the run before it (an hour back, to its hour's start), no more.
+    last = [r for r in sim.requests_to('completions') if r.time == clock.now()]
+    assert [int(r.param('start_time')) for r in last] == [floor_to(clock.now() - 300 - H, H)]
