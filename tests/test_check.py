@@ -278,13 +278,17 @@ def test_the_agent_check_command_is_recognised(argv, expected):
     assert running_under_agent_check_command(argv) is expected
 
 
-def test_under_agent_check_the_state_is_read_but_never_saved(clock, sim, make_check, dd_run_check, state, aggregator):
+def test_under_agent_check_the_state_is_read_but_never_saved(
+    clock, sim, make_check, dd_run_check, state, aggregator, command_line
+):
+    command_line(['/opt/datadog-agent/bin/agent/agent', 'run'])
     agent = make_check(usage_endpoints=['completions'], collect_costs=False)
     dd_run_check(agent)
     saved = dict(state)
     clock.advance(3 * H)
+    # Detected from the command line (psutil), as inside the Agent: nothing set by hand.
+    command_line(['/opt/datadog-agent/bin/agent/agent', 'check', 'openai'])
     cli = make_check(usage_endpoints=['completions'], collect_costs=False)
-    cli.save_state = False
     dd_run_check(cli)
     assert aggregator.metrics('openai.api.usage.completions.input_tokens')  # it shows what it would send
     assert state == saved  # and leaves the running Agent to send it
