@@ -406,3 +406,17 @@ def test_a_one_hour_revision_window_still_gets_every_revision(org, clock, sim, m
     # The last run read from the window of the run before it (an hour back, to its hour's start), no more.
     last = [r for r in sim.requests_to('completions') if r.time == clock.now()]
     assert [int(r.param('start_time')) for r in last] == [floor_to(clock.now() - 300 - H, H)]
+
+
+def test_a_cluster_check_restarted_on_its_runner_goes_on_from_its_state(org, clock, sim, make_check, dd_run_check):
+    # Found by mutation testing: only a state older than three collection intervals is another runner's.
+    options = dict(empty_default_hostname=True, usage_endpoints=['completions'], collect_costs=False)
+    check = make_check(**options)
+    for _ in range(6):
+        dd_run_check(check)
+        clock.advance(300)
+    clock.advance(600)  # three intervals (900 s) after the last read: the oldest state that is still its own
+    check = make_check(**options)
+    dd_run_check(check)
+    assert not any('another runner' in w for w in check.warnings)
+    assert_exact(org, clock.now(), endpoints=('completions',))
