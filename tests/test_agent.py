@@ -134,23 +134,7 @@ def test_the_agent_check_command_is_recognised_on_every_platform(argv, expected)
     assert is_agent_check_command(argv) is expected
 
 
-class FakeProcess:
-    cmdline_value: list[str] = []
-
-    def cmdline(self):
-        return list(self.cmdline_value)
-
-
-@pytest.fixture
-def command_line(monkeypatch):
-    """Make psutil report this process's command line as the Agent's, the way it does inside the Agent."""
-    import psutil
-
-    def set_to(argv):
-        monkeypatch.setattr(FakeProcess, 'cmdline_value', argv)
-        monkeypatch.setattr(psutil, 'Process', FakeProcess)
-
-    return set_to
+# `command_line` (tests/conftest.py) makes psutil report the Agent's command line.
 
 
 def test_the_command_line_comes_from_psutil(command_line):
@@ -174,11 +158,30 @@ def test_without_psutil_linux_falls_back_to_proc(monkeypatch):
 @pytest.mark.parametrize(
     'argv, saves',
     [
-        ([WIN_AGENT, 'check', 'openai'], False),
+        # `sudo -u dd-agent datadog-agent check openai` on Linux (sudo execs the link), the binary itself.
+        (['datadog-agent', 'check', 'openai'], False),
         (['/opt/datadog-agent/bin/agent/agent', 'check', 'openai'], False),
+        # macOS: the link in /usr/local/bin, and the configuration directory of its package.
+        (['/usr/local/bin/datadog-agent', 'check', 'openai'], False),
         (['datadog-agent', '-c', '/opt/datadog-agent/etc', 'check', 'openai'], False),
-        (['/opt/datadog-agent/bin/agent/agent', 'run'], True),
+        # Windows: the command from an administrator PowerShell.
+        ([WIN_AGENT, 'check', 'openai'], False),
+        # The running Agent on each of them.
+        (['/opt/datadog-agent/bin/agent/agent', 'run', '-p', '/opt/datadog-agent/run/agent.pid'], True),
+        (['/opt/datadog-agent/bin/agent/agent', 'run', '-c', '/opt/datadog-agent/etc'], True),
         ([WIN_AGENT], True),
+        ([WIN_AGENT, 'run'], True),
+    ],
+    ids=[
+        'linux-link-check',
+        'linux-binary-check',
+        'macos-link-check',
+        'macos-cfgpath-check',
+        'windows-check',
+        'linux-agent',
+        'macos-agent',
+        'windows-service',
+        'windows-agent-run',
     ],
 )
 def test_the_check_decides_by_itself_whether_to_save_its_state(
@@ -193,5 +196,18 @@ def test_the_check_decides_by_itself_whether_to_save_its_state(
     command_line(argv)
     second = make_check(usage_endpoints=['completions'], collect_costs=False)  # nothing set by hand
     dd_run_check(second)
-    assert aggregator.metrics('openai.api.usage.completions.input_tokens')
+    assert aggregator.metrics('openai.api.usage.completions.input_tokens')  # it shows what it would send
     assert (state != saved) is saves
+    if not saves:
+        # The running Agent, restarted after `agent check`, still sends the usage the command showed.
+        shown = sorted(
+            (m.value, sorted(m.tags)) for m in aggregator.metrics('openai.api.usage.completions.input_tokens')
+        )
+        aggregator.reset()
+        command_line(['/opt/datadog-agent/bin/agent/agent', 'run'])
+        restarted = make_check(usage_endpoints=['completions'], collect_costs=False)
+        dd_run_check(restarted)
+        sent = sorted(
+            (m.value, sorted(m.tags)) for m in aggregator.metrics('openai.api.usage.completions.input_tokens')
+        )
+        assert sent == shown

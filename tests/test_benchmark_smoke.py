@@ -85,15 +85,15 @@ def test_the_benchmark_runs_and_its_figures_add_up(benchmark_module, tmp_path, c
         assert r['complete'] and r['non_200'] == 0
         # One page per endpoint: the whole window fits in one page of the API's limit.
         assert r['usage_costs_requests'] == endpoints
-        assert r['requests'] == r['usage_costs_requests'] + r['listing_requests']
-        assert sum(r['requests_by_endpoint'].values()) == r['requests']
-        assert r['rows'] == sum(r['rows_by_endpoint'].values()) > 0
+        assert all(r['requests_by_endpoint'][name] == 1 for name in (*USAGE_ENDPOINTS, 'costs'))
         assert set(r['rows_by_endpoint']) == set(USAGE_ENDPOINTS) | {'costs'}
+        assert min(r['rows_by_endpoint'].values()) > 0
         assert 50 < r['bytes'] / r['rows'] < 2000
         assert r['count_points'] <= r['rows'] * MAX_FIELDS
-        assert r['count_points'] <= r['points']
+        # Every run also sends health gauges (can_connect, run.duration...) next to its counts.
+        assert r['count_points'] < r['points']
         assert r['state_bytes'] > 0
-        assert r['cpu_s'] >= 0 and r['wall_s'] > 0 and r['peak_rss_mb'] > 0
+        assert r['cpu_s'] > 0 and r['wall_s'] > 0 and r['peak_rss_mb'] > 0
         assert 0 <= r['gc_cpu_s'] <= r['cpu_s'] + 0.05
     first, last = runs[0], runs[-1]
     assert first['baseline'] and first['count_points'] == 0, 'the first run records a baseline and submits no count'
@@ -101,10 +101,9 @@ def test_the_benchmark_runs_and_its_figures_add_up(benchmark_module, tmp_path, c
     assert not last['baseline'] and last['listing_requests'] == 0 and last['count_points'] > 0
     for n in reported:
         r = runs[n - 1]
-        # The floor decodes exactly the bytes the run received and submits exactly its points.
-        assert r['floor_bytes'] == r['bytes'] and r['floor_points'] == r['points']
-        assert r['floor_cpu_s'] == pytest.approx(r['floor_decode_cpu_s'] + r['floor_submit_cpu_s'])
-        assert r['ratio'] > 0
+        # That the floor replays exactly the run's bytes and points is checked by the benchmark itself (it stops
+        # otherwise); its figures are the sum they are by construction. What can be wrong is a floor left empty.
+        assert r['floor_decode_cpu_s'] > 0 and r['ratio'] > 0
         # The state holds one cell per (bucket, series) read, levels (vector_stores) aside.
         assert r['state_cells'] == r['rows'] - r['rows_by_endpoint']['vector_stores']
 

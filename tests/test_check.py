@@ -7,8 +7,8 @@ from datadog_checks.base import AgentCheck
 from datadog_checks.dev.utils import get_metadata_metrics
 
 from datadog_checks.openai.catalogue import all_metrics
-from datadog_checks.openai.tags import tag_value
 
+from .conftest import normalized
 from .test_assets import queried_metrics
 
 H = 3600
@@ -54,8 +54,9 @@ def test_series_carry_ids_names_and_no_null_dimensions(org, clock, sim, make_che
     warm(check, clock, dd_run_check)
     rows = tags_of(aggregator, 'openai.api.usage.completions.input_tokens')
     assert rows
-    # Ids and names as Datadog stores them (lowercase, `_` for the characters tags do not allow).
-    names = {tag_value('project_id', p.id): tag_value('project_name', p.name) for p in org.projects}
+    # Ids and names as Datadog stores them (lowercase, `_` for the characters tags do not allow), spelled out by
+    # the tests rather than by the check's own normalizer.
+    names = {normalized('project_id', p.id): normalized('project_name', p.name) for p in org.projects}
     for tags in rows:
         assert tags['openai_account'] == 'test' and tags['team'] == 'ml'
         assert 'none' not in tags.values() and '' not in tags.values()
@@ -65,7 +66,7 @@ def test_series_carry_ids_names_and_no_null_dimensions(org, clock, sim, make_che
         assert tags.get('batch') in (None, 'true', 'false')
     assert any('api_key_name' in t for t in rows)
     # The archived project's usage still gets its name.
-    archived = {tag_value('project_id', p.id) for p in org.projects if p.archived_at}
+    archived = {normalized('project_id', p.id) for p in org.projects if p.archived_at}
     assert any(t.get('project_id') in archived and t.get('project_name') for t in rows)
 
 
@@ -88,7 +89,7 @@ def test_user_emails_on_request(org, clock, sim, make_check, dd_run_check, aggre
     )
     clock.advance(30 * H)
     warm(check, clock, dd_run_check)
-    emails = {tag_value('user_id', u.id): tag_value('user_email', u.email) for u in org.users}
+    emails = {normalized('user_id', u.id): normalized('user_email', u.email) for u in org.users}
     rows = [t for t in tags_of(aggregator, 'openai.api.usage.completions.input_tokens') if t.get('user_id')]
     assert rows and all(t['user_email'] == emails[t['user_id']] for t in rows)
 
@@ -259,7 +260,7 @@ def test_unreadable_state_starts_a_new_baseline_with_a_warning(clock, sim, make_
     clock.advance(300)
     check = make_check(usage_endpoints=['completions'], collect_costs=False)  # the state is read at a restart
     dd_run_check(check)
-    assert any('saved state is unreadable' in w for w in check.warnings)
+    assert any(w.startswith('completions: the saved state is unreadable (') for w in check.warnings), check.warnings
 
 
 @pytest.mark.parametrize(
@@ -277,13 +278,17 @@ def test_the_agent_check_command_is_recognised(argv, expected):
     assert running_under_agent_check_command(argv) is expected
 
 
-def test_under_agent_check_the_state_is_read_but_never_saved(clock, sim, make_check, dd_run_check, state, aggregator):
+def test_under_agent_check_the_state_is_read_but_never_saved(
+    clock, sim, make_check, dd_run_check, state, aggregator, command_line
+):
+    command_line(['/opt/datadog-agent/bin/agent/agent', 'run'])
     agent = make_check(usage_endpoints=['completions'], collect_costs=False)
     dd_run_check(agent)
     saved = dict(state)
     clock.advance(3 * H)
+    # Detected from the command line (psutil), as inside the Agent: nothing set by hand.
+    command_line(['/opt/datadog-agent/bin/agent/agent', 'check', 'openai'])
     cli = make_check(usage_endpoints=['completions'], collect_costs=False)
-    cli.save_state = False
     dd_run_check(cli)
     assert aggregator.metrics('openai.api.usage.completions.input_tokens')  # it shows what it would send
     assert state == saved  # and leaves the running Agent to send it
@@ -294,7 +299,7 @@ def test_an_unexpected_error_skips_one_endpoint_and_loses_nothing(
 ):
     from datadog_checks.openai.collector import EndpointCollector
 
-    from .conftest import assert_same_totals, reported_totals, submitted_totals
+    from .conftest import DEFAULT_GROUP_BY, assert_same_totals, reported_totals, submitted_totals
 
     check = make_check(usage_endpoints=['completions', 'embeddings'], collect_costs=False)
     warm(check, clock, dd_run_check, runs=3)
@@ -314,7 +319,7 @@ def test_an_unexpected_error_skips_one_endpoint_and_loses_nothing(
     monkeypatch.setattr(EndpointCollector, '_diff_bucket', original)
     warm(check, clock, dd_run_check, runs=3)
     now = clock.now() - 300
-    group_by = check.settings.group_by['completions']
+    group_by = DEFAULT_GROUP_BY['completions']
     expected = reported_totals(org, 'completions', group_by, org.traffic_start, int(now) + H, now)
     assert_same_totals(submitted_totals('completions', group_by), expected, 'completions')
 

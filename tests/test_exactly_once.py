@@ -2,41 +2,83 @@
 
 Every scenario runs the real check against the API simulator (HTTP on localhost) on a simulated
 clock, with OpenAI's late revisions, and compares the sum of every count the check submitted with
-the simulator's own figures for every series of every endpoint.
+the simulator's own figures for every series of every endpoint. Metric names, types, tags and
+group-bys are the tests' own (tests/conftest.py), not the check's catalogue.
 """
+
+import calendar
+import csv
+import json
+import time
+from pathlib import Path
 
 import pytest
 from datadog_checks.base import AgentCheck
+from datadog_checks.base.stubs import datadog_agent
 
-from datadog_checks.openai.catalogue import ENDPOINTS_BY_NAME, USAGE_ENDPOINTS
-from datadog_checks.openai.collector import floor_to
-
-from .conftest import assert_same_totals, reported_totals, submitted_totals
+from .conftest import (
+    DEFAULT_GROUP_BY,
+    FLOW_METRICS,
+    LEVEL_METRICS,
+    assert_same_totals,
+    reported_totals,
+    submitted_levels,
+    submitted_totals,
+)
 
 H = 3600
-ALL = USAGE_ENDPOINTS + ('costs',)
+D = 86400
+USAGE = (
+    'completions',
+    'embeddings',
+    'moderations',
+    'images',
+    'audio_speeches',
+    'audio_transcriptions',
+    'vector_stores',
+    'code_interpreter_sessions',
+    'file_search_calls',
+    'web_search_calls',
+)
+ALL = USAGE + ('costs',)
 
 
-def run(check, dd_run_check):
-    dd_run_check(check)
+def floor_to(t, seconds):
+    return int(t // seconds * seconds)
 
 
-def expected_for(org, check, name, t, start=None):
-    group_by = check.settings.group_by[name]
-    return reported_totals(org, name, group_by, start or org.traffic_start, int(t) + 86400, t)
+def month_start(t):
+    tm = time.gmtime(t)
+    return calendar.timegm((tm.tm_year, tm.tm_mon, 1, 0, 0, 0))
 
 
-def assert_exact(org, check, t, endpoints=ALL, baseline_growth=None):
+def expected_for(org, name, t, group_by, start=None):
+    return reported_totals(org, name, group_by, start or org.traffic_start, int(t) + D, t)
+
+
+def assert_exact(org, t, endpoints=ALL, group_by=None):
+    """Every flow's sum over all runs is OpenAI's figure at t (the last run's time), and every level's last
+    value is OpenAI's level at t."""
     for name in endpoints:
-        group_by = check.settings.group_by[name]
-        if ENDPOINTS_BY_NAME[name].levels and not ENDPOINTS_BY_NAME[name].flows:
-            continue
-        expected = expected_for(org, check, name, t)
-        if baseline_growth:
-            for key, fields in baseline_growth.get(name, {}).items():
-                for f, v in fields.items():
-                    expected[key][f] -= v
-        assert_same_totals(submitted_totals(name, group_by), expected, name)
+        dims = (group_by or {}).get(name, DEFAULT_GROUP_BY[name])
+        expected = expected_for(org, name, t, dims)
+        if name in LEVEL_METRICS:
+            assert_same_totals(submitted_levels(name, dims), expected, name)
+        if name in FLOW_METRICS:
+            assert_same_totals(submitted_totals(name, dims), expected, name)
+
+
+def test_the_expected_metrics_are_the_published_ones():
+    # The tests' own names and types are metadata.csv's (which tests/test_assets.py checks against the catalogue):
+    # every usage and cost figure, a count for each flow and a gauge for each level.
+    with open(Path(__file__).resolve().parent.parent / 'metadata.csv', newline='') as f:
+        published = {r['metric_name']: r['metric_type'] for r in csv.DictReader(f)}
+    ours = {m: 'count' for metrics in FLOW_METRICS.values() for m in metrics}
+    ours.update({m: 'gauge' for metrics in LEVEL_METRICS.values() for m in metrics})
+    derived = {'openai.api.costs.month_to_date', 'openai.api.costs.project_month_to_date'}
+    figures = {m: t for m, t in published.items() if m.startswith('openai.api.') and m not in derived}
+    assert figures == ours
+    assert set(FLOW_METRICS) | set(LEVEL_METRICS) == set(ALL) == set(DEFAULT_GROUP_BY)
 
 
 def test_every_series_sums_to_openai_figures_over_a_day_of_runs(org, clock, sim, make_check, dd_run_check):
@@ -45,20 +87,23 @@ def test_every_series_sums_to_openai_figures_over_a_day_of_runs(org, clock, sim,
         dd_run_check(check)
         clock.advance(300)
     dd_run_check(check)
-    assert_exact(org, check, clock.now())
+    assert_exact(org, clock.now())
     assert not sim.validation_errors
 
 
 def test_costs_revised_for_days_sum_to_the_invoice_figures(org, clock, sim, make_check, dd_run_check, aggregator):
     check = make_check(usage_endpoints=['completions'])
-    for i in range(2 * 24 * 4):  # every 30 minutes for four days: each day's cost changes for 36 h
-        # OpenAI sometimes sends amount.value as a string.
-        sim.costs_amount_as_string = i % 3 == 0
+    runs = 2 * 24 * 4  # every 30 minutes for four days: each day's cost changes for 36 h
+    for i in range(runs):
+        # OpenAI sometimes sends amount.value as a string; on the last day, always, so that the final figures
+        # come from strings: a string the check could not read would leave them short.
+        sim.costs_amount_as_string = i % 3 == 0 or i >= runs - 48
         dd_run_check(check)
         clock.advance(1800)
     assert any(r.endpoint == 'costs' for r in sim.requests)
+    assert sim.costs_amount_as_string
     dd_run_check(check)
-    assert_exact(org, check, clock.now(), endpoints=('costs', 'completions'))
+    assert_exact(org, clock.now(), endpoints=('costs', 'completions'))
     # Month to date is OpenAI's own month figure.
     now = clock.now()
     month = reported_totals(org, 'costs', (), org.traffic_start, int(now) + 86400, now)
@@ -112,7 +157,7 @@ def test_restarts_rate_limit_storms_errors_and_outages_neither_lose_nor_duplicat
         dd_run_check(check)
         clock.advance(300)
     dd_run_check(check)
-    assert_exact(org, check, clock.now())
+    assert_exact(org, clock.now())
 
 
 def test_lost_state_records_a_new_baseline_and_never_duplicates(org, clock, sim, make_check, dd_run_check, state):
@@ -131,13 +176,11 @@ def test_lost_state_records_a_new_baseline_and_never_duplicates(org, clock, sim,
         clock.advance(300)
         dd_run_check(check)
     t_final = clock.now()
-    for name in ALL:
-        if not ENDPOINTS_BY_NAME[name].flows:
-            continue
-        width = 86400 if name == 'costs' else H
-        group_by = check.settings.group_by[name]
+    for name in FLOW_METRICS:
+        width = D if name == 'costs' else H
+        group_by = DEFAULT_GROUP_BY[name]
         if name == 'costs':
-            w1 = min(_month(t1), floor_to(t1 - 3 * 86400, width))
+            w1 = min(month_start(t1), floor_to(t1 - 3 * D, width))
         else:
             w1 = floor_to(t1 - 6 * H, width)
         far = int(t_final) + 86400
@@ -153,12 +196,6 @@ def test_lost_state_records_a_new_baseline_and_never_duplicates(org, clock, sim,
         assert_same_totals(submitted_totals(name, group_by), expected, name)
 
 
-def _month(t):
-    from datadog_checks.openai.collector import month_start
-
-    return month_start(t)
-
-
 def test_an_outage_longer_than_the_catch_up_bound_warns_and_skips_the_gap(org, clock, sim, make_check, dd_run_check):
     check = make_check(max_catch_up_hours=12, usage_endpoints=['completions'], collect_costs=False)
     dd_run_check(check)
@@ -168,7 +205,7 @@ def test_an_outage_longer_than_the_catch_up_bound_warns_and_skips_the_gap(org, c
     # What was submitted is exactly the catch-up window's usage: nothing before it, nothing twice.
     now = clock.now()
     start = floor_to(now - 12 * H, H)
-    group_by = check.settings.group_by['completions']
+    group_by = DEFAULT_GROUP_BY['completions']
     expected = reported_totals(org, 'completions', group_by, start, int(now) + H, now)
     assert_same_totals(submitted_totals('completions', group_by), expected, 'completions')
 
@@ -181,11 +218,11 @@ def test_a_steady_run_makes_the_fewest_requests_the_api_allows(org, clock, sim, 
     dd_run_check(check)
     usage = [r for r in sim.requests if '/usage/' in r.path or r.path.endswith('/costs')]
     # One request per endpoint: the 6 h window of hourly buckets fits one page of the largest limit.
-    assert len(usage) == len(ALL)
+    assert sorted(r.endpoint for r in usage) == sorted(ALL)
     for r in usage:
         width = r.param('bucket_width')
-        assert int(r.param('limit')) == ENDPOINTS_BY_NAME[r.path.rsplit('/', 1)[-1]].max_limit[width]
-        assert int(r.param('start_time')) % (86400 if width == '1d' else H) == 0
+        assert (width, int(r.param('limit'))) == (('1d', 180) if r.endpoint == 'costs' else ('1h', 168))
+        assert int(r.param('start_time')) % (D if width == '1d' else H) == 0
     assert not sim.validation_errors
 
 
@@ -216,14 +253,14 @@ def test_a_cluster_check_back_on_a_runner_with_an_old_state_does_not_submit_agai
     for _ in range(12):
         dd_run_check(runner_b)
         clock.advance(300)
-    b_submitted = submitted_totals('completions', runner_b.settings.group_by['completions'])
+    b_submitted = submitted_totals('completions', DEFAULT_GROUP_BY['completions'])
     state.clear()
     state.update(a_state)
     runner_a = make_check(empty_default_hostname=True, usage_endpoints=['completions'], collect_costs=False)
     dd_run_check(runner_a)
     assert any('another runner probably collected the period' in w for w in runner_a.warnings)
     # A recorded a baseline: nothing that B already submitted was submitted again.
-    assert submitted_totals('completions', runner_a.settings.group_by['completions']) == b_submitted
+    assert submitted_totals('completions', DEFAULT_GROUP_BY['completions']) == b_submitted
 
 
 def test_a_node_agent_catches_up_after_an_outage(org, clock, sim, make_check, dd_run_check):
@@ -232,4 +269,154 @@ def test_a_node_agent_catches_up_after_an_outage(org, clock, sim, make_check, dd
     clock.advance(5 * H)
     dd_run_check(check)
     assert not any('another runner' in w for w in check.warnings)
-    assert_exact(org, check, clock.now(), endpoints=('completions',))
+    assert_exact(org, clock.now(), endpoints=('completions',))
+
+
+# == The six ways of losing or doubling usage that once passed every test (issue 11) ==========================
+
+
+def test_a_state_that_cannot_be_saved_submits_nothing_that_run_and_the_totals_stay_exact(
+    org, clock, sim, make_check, dd_run_check, aggregator, monkeypatch
+):
+    check = make_check()
+    for _ in range(12):
+        dd_run_check(check)
+        clock.advance(300)
+    write = datadog_agent.write_persistent_cache
+
+    def disk_full_for_completions(key, value):
+        # Mid-run: the endpoints before completions were saved, the ones after it are saved too.
+        if key.endswith('ledger_completions'):
+            raise OSError(28, 'No space left on device')
+        return write(key, value)
+
+    before = {m: len(aggregator.metrics(m)) for metrics in FLOW_METRICS.values() for m in metrics}
+    monkeypatch.setattr(datadog_agent, 'write_persistent_cache', disk_full_for_completions)
+    clock.advance(H)  # an hour of usage for that run to (not) submit
+    dd_run_check(check)
+    monkeypatch.setattr(datadog_agent, 'write_persistent_cache', write)
+    assert any(
+        w.startswith('completions: could not save the state') and 'No space left on device' in w for w in check.warnings
+    ), check.warnings
+    after = {m: len(aggregator.metrics(m)) for m in before}
+    # Nothing of completions was submitted that run; the other endpoints were.
+    assert all(after[m] == before[m] for m in FLOW_METRICS['completions'])
+    assert after['openai.api.usage.embeddings.input_tokens'] > before['openai.api.usage.embeddings.input_tokens']
+    assert after['openai.api.costs.amount'] > before['openai.api.costs.amount']
+    for _ in range(12):
+        clock.advance(300)
+        dd_run_check(check)
+    assert_exact(org, clock.now())
+
+
+def test_a_first_run_that_cannot_read_every_page_of_its_history_never_submits_that_history(
+    org, clock, sim, make_check, dd_run_check, aggregator, state
+):
+    # Ten days of history, a window of 200 hourly buckets: two pages (168 buckets a page). The second page
+    # fails on the first run, which cannot record half a baseline: the next run would then submit the
+    # history of the buckets the first one did not read.
+    options = dict(usage_endpoints=['completions'], collect_costs=False, revision_window_hours=200)
+    options['max_catch_up_hours'] = 240
+    clock.advance(10 * D + 17 * 60)
+    sim.faults.add('completions', 503, count=None, on_later_pages=True)
+    check = make_check(**options)
+    with pytest.raises(Exception, match='No endpoint could be read: OpenAI answered 503'):
+        dd_run_check(check, extract_message=True)  # the only endpoint: the run read nothing
+    pages = [r for r in sim.requests_to('completions')]
+    assert pages[0].status == 200 and pages[0].param('page') is None
+    assert pages[-1].status == 503 and pages[-1].param('page') is not None
+    assert not any(aggregator.metrics(m) for m in FLOW_METRICS['completions'])
+    assert not any(key.endswith('ledger_completions') for key in state)
+    sim.faults.clear()
+    check = make_check(**options)  # a restart in between changes nothing
+    clock.advance(300)
+    t1 = clock.now()
+    dd_run_check(check)  # the baseline, read whole
+    assert len([r for r in sim.requests_to('completions') if r.time == t1]) == 2
+    assert not any(aggregator.metrics(m) for m in FLOW_METRICS['completions'])
+    for _ in range(24):
+        clock.advance(300)
+        dd_run_check(check)
+    t = clock.now()
+    group_by = DEFAULT_GROUP_BY['completions']
+    w1 = floor_to(t1 - 200 * H, H)
+    # Only what grew after the whole baseline: the history before it, never.
+    expected = reported_totals(org, 'completions', group_by, w1, int(t) + H, t)
+    for key, fields in reported_totals(org, 'completions', group_by, w1, int(t) + H, t1).items():
+        for f, v in fields.items():
+            expected[key][f] -= v
+    assert_same_totals(submitted_totals('completions', group_by), expected, 'completions')
+
+
+def test_a_catch_up_longer_than_one_page_reads_every_page(org, clock, sim, make_check, dd_run_check):
+    check = make_check(usage_endpoints=['completions', 'embeddings'], collect_costs=False, max_catch_up_hours=240)
+    dd_run_check(check)
+    clock.advance(9 * D + 300)  # 217 hourly buckets since the last read: two pages of 168
+    sim.clear_log()
+    dd_run_check(check)
+    for name in ('completions', 'embeddings'):
+        requests = sim.requests_to(name)
+        assert [r.status for r in requests] == [200, 200], name
+        assert requests[0].param('page') is None and requests[1].param('page') is not None
+        assert requests[0].param('start_time') == requests[1].param('start_time')
+    assert not any('was not collected' in w for w in check.warnings)
+    clock.advance(300)
+    dd_run_check(check)
+    assert_exact(org, clock.now(), endpoints=('completions', 'embeddings'))
+
+
+def test_after_many_runs_the_state_holds_only_the_re_read_window(org, clock, sim, make_check, dd_run_check, state):
+    check = make_check(usage_endpoints=['completions', 'vector_stores'])
+    sizes = []
+    for i in range(2 * 48):  # two days, every 30 minutes
+        dd_run_check(check)
+        if i in (47, 95):
+            sizes.append(sum(len(v) for k, v in state.items() if k.endswith('ledger_completions')))
+        clock.advance(1800)
+    now = clock.now() - 1800
+    saved = {key.rsplit('ledger_', 1)[1]: json.loads(text) for key, text in state.items() if 'ledger_' in key}
+    # vector_stores has no flow to track, but its (empty) ledger moves on too.
+    assert set(saved) == {'completions', 'vector_stores', 'costs'}
+    horizons = {
+        'completions': floor_to(now - 6 * H, H),
+        'vector_stores': floor_to(now - 6 * H, H),
+        'costs': min(month_start(now), floor_to(now - 3 * D, D)),
+    }
+    for name, ledger in saved.items():
+        assert ledger['horizon'] == horizons[name], name
+        starts = sorted(int(s) for s in ledger['buckets'])
+        assert all(horizons[name] <= s <= now for s in starts), name
+    assert len(saved['completions']['buckets']) == 7  # 6 h of hourly buckets and the one in progress
+    assert len(saved['costs']['buckets']) <= 31 + 3
+    # A day more of runs left the completions state no larger (the traffic varies a little).
+    assert sizes[1] < sizes[0] * 1.25, sizes
+    # What the check keeps in memory is what it saved.
+    assert check.ledgers['completions'].horizon == horizons['completions']
+    assert sorted(check.ledgers['completions'].buckets) == sorted(int(s) for s in saved['completions']['buckets'])
+
+
+def test_a_one_hour_revision_window_still_gets_every_revision(org, clock, sim, make_check, dd_run_check):
+    # Buckets settle 20 minutes after they close: a one-hour window must still re-read the previous bucket.
+    check = make_check(revision_window_hours=1, collect_costs=False)
+    for _ in range(12 * 10):
+        dd_run_check(check)
+        clock.advance(300)
+    dd_run_check(check)
+    assert_exact(org, clock.now(), endpoints=USAGE)
+    # The last run read from the window of the run before it (an hour back, to its hour's start), no more.
+    last = [r for r in sim.requests_to('completions') if r.time == clock.now()]
+    assert [int(r.param('start_time')) for r in last] == [floor_to(clock.now() - 300 - H, H)]
+
+
+def test_a_cluster_check_restarted_on_its_runner_goes_on_from_its_state(org, clock, sim, make_check, dd_run_check):
+    # Found by mutation testing: only a state older than three collection intervals is another runner's.
+    options = dict(empty_default_hostname=True, usage_endpoints=['completions'], collect_costs=False)
+    check = make_check(**options)
+    for _ in range(6):
+        dd_run_check(check)
+        clock.advance(300)
+    clock.advance(600)  # three intervals (900 s) after the last read: the oldest state that is still its own
+    check = make_check(**options)
+    dd_run_check(check)
+    assert not any('another runner' in w for w in check.warnings)
+    assert_exact(org, clock.now(), endpoints=('completions',))

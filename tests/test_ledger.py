@@ -4,14 +4,16 @@ These pin the arithmetic of "submit only the difference"; the end-to-end proofs 
 simulator are in test_exactly_once.py.
 """
 
+import json
+import re
 from types import SimpleNamespace
 
 import pytest
 
 from datadog_checks.openai.catalogue import ENDPOINTS_BY_NAME
-from datadog_checks.openai.client import TransientError
+from datadog_checks.openai.client import BadResponse, TransientError
 from datadog_checks.openai.collector import SEP, EndpointCollector, month_start, plan_window
-from datadog_checks.openai.ledger import Ledger
+from datadog_checks.openai.ledger import Ledger, shape_of
 
 H = 3600
 SETTINGS = SimpleNamespace(revision_window_hours=6, costs_revision_window_days=3, max_catch_up_hours=48)
@@ -229,3 +231,216 @@ def test_a_changed_group_by_starts_a_new_baseline():
     other = EndpointCollector(ENDPOINTS_BY_NAME['completions'], '1h', ('model', 'project_id'), SETTINGS)
     result = other.run(PagesClient([bucket(T0, row('m', 5, project_id='p'))]), ledger, T0 + 120)
     assert result.window.baseline and result.counts == []
+
+
+def _state(**changes):
+    """A valid saved state of shape 1h|model|a,b (two series, one bucket), with `changes` applied."""
+    state = {
+        'v': 2,
+        'shape': '1h|model|a,b',
+        'horizon': T0,
+        'read_at': T0 + 5.5,
+        'series': ['m', 'n'],
+        'buckets': {str(T0): [[0, 1], [[1, None], [2, 3]]]},
+    }
+    state.update(changes)
+    return json.dumps(state)
+
+
+def _bucket(indices, rows):
+    return {str(T0): [indices, rows]}
+
+
+@pytest.mark.parametrize(
+    'text, reason',
+    [
+        ('[]', 'not a ledger'),
+        (_state(v=None), 'unknown ledger format None'),
+        (_state(shape=['1h']), 'no shape'),
+        (_state(horizon=float(T0)), 'bad horizon or read time'),
+        (_state(read_at='soon'), 'bad horizon or read time'),
+        (_state(read_at=-1), 'bad horizon or read time'),
+        (_state(series='m'), 'bad series keys'),
+        (_state(series=['m', 7]), 'bad series keys'),
+        (_state(series=['m', 'm']), 'bad series keys'),
+        (_state(series=['m', f'n{SEP}x']), 'bad series keys'),
+        (_state(buckets=[]), 'no buckets'),
+        (_state(buckets={'x1': [[0], [[1, 2]]]}), 'bad bucket'),
+        (_state(buckets={str(T0): [[0], [[1, 2]], []]}), 'bad bucket'),
+        (_state(buckets={str(T0): {'0': [1, 2]}}), 'bad bucket'),
+        (_state(buckets=_bucket(0, [[1, 2]])), 'bad bucket'),
+        (_state(buckets=_bucket([0], 'x')), 'bad bucket'),
+        (_state(buckets=_bucket([0, 1], [[1, 2]])), '2 series and 1 value rows'),
+        (_state(buckets=_bucket([0.0], [[1, 2]])), 'bad series index'),
+        (_state(buckets=_bucket([-1], [[1, 2]])), 'bad series index'),
+        (_state(buckets=_bucket([2], [[1, 2]])), 'bad series index'),
+        (_state(buckets=_bucket([1, 1], [[1, 2], [3, 4]])), 'bad series index'),
+        (_state(buckets=_bucket([0], [7])), 'bad value row'),
+        (_state(buckets=_bucket([0], [[1]])), 'bad value row'),
+        (_state(buckets=_bucket([0], [['1', 2]])), 'bad value row'),
+        (_state(buckets=_bucket([0], [[-1, 2]])), 'bad value row'),
+        (_state(buckets=_bucket([0], [[2**53 + 2, 2]])), 'bad value row'),
+    ],
+)
+def test_a_damaged_state_is_refused_with_its_reason(text, reason):
+    # Each case breaks one rule alone, so that every rule is shown to be checked on its own.
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        Ledger.loads(text)
+
+
+def test_the_largest_figures_and_fieldless_shapes_are_read_back():
+    # 2**53 is the largest figure a state may hold (and the collector may submit).
+    ledger = Ledger.loads(_state(buckets=_bucket([0, 1], [[2**53, 0], [None, 0.5]])))
+    assert ledger.buckets[T0] == {'m': (2**53, 0), 'n': (None, 0.5)}
+    # An endpoint of levels tracks no field: its rows are empty.
+    levels = Ledger('1h|project_id|', T0, T0 + 1.0, {T0: {'p': ()}})
+    assert Ledger.loads(levels.dumps()) == levels
+
+
+def test_the_shape_of_a_saved_state_is_stable_across_versions():
+    # A shape written differently by a new version would not match the saved states: every account would record
+    # a new baseline at the upgrade and lose the usage in between.
+    assert shape_of('1h', ('project_id', 'model'), ('input_tokens', 'output_tokens')) == (
+        '1h|project_id,model|input_tokens,output_tokens'
+    )
+
+
+# -- what mutation testing found untested (scripts/mutation) -----------------------------------------------------
+
+
+def test_a_changed_series_after_an_unchanged_one_in_the_same_bucket_is_submitted():
+    c = completions()
+    ledger = c.run(PagesClient([bucket(T0, row('a', 10), row('b', 20), row('c', 30))]), None, T0 + 60).ledger
+    result = c.run(PagesClient([bucket(T0, row('a', 10), row('b', 25), row('c', 30))]), ledger, T0 + 120)
+    assert totals(result.counts, IN) == {(IN, 'b'): 5}
+    result = c.run(PagesClient([bucket(T0, row('a', 10), row('b', 25), row('c', 31))]), ledger, T0 + 180)
+    assert totals(result.counts, IN) == {(IN, 'c'): 1}
+
+
+def test_a_field_reported_for_the_first_time_is_submitted_whole():
+    c = completions()
+    first = row('m', 100)
+    del first['output_tokens']
+    ledger = c.run(PagesClient([bucket(T0, first)]), None, T0 + 60).ledger
+    assert ledger.buckets[T0]['m'][1] is None
+    result = c.run(PagesClient([bucket(T0, row('m', 100, 40))]), ledger, T0 + 120)
+    assert totals(result.counts) == {(OUT, 'm'): 40}
+
+
+@pytest.mark.parametrize('flag', [True, False])
+def test_a_boolean_figure_is_not_a_number(flag):
+    c = completions()
+    ledger = c.run(PagesClient([bucket(T0, row('m', 100, 40))]), None, T0 + 60).ledger
+    result = c.run(PagesClient([bucket(T0, row('m', flag, 41))]), ledger, T0 + 120)
+    # Not reported (True is not 1 token, False not 0): what was submitted stands.
+    assert totals(result.counts) == {(OUT, 'm'): 1}
+    assert ledger.buckets[T0]['m'][:2] == (100, 41)
+
+
+def test_the_largest_figure_is_accepted_and_one_beyond_it_is_malformed():
+    # The same bound as the saved state's (ledger.MAX_VALUE): what the collector accepts, the state can hold.
+    c = completions()
+    ledger = c.run(PagesClient([bucket(T0)]), None, T0 + 60).ledger
+    result = c.run(PagesClient([bucket(T0, row('m', 2**53), row('n', 2**53 + 2))]), ledger, T0 + 120)
+    assert totals(result.counts, IN) == {(IN, 'm'): 2**53}
+    assert result.malformed == 1
+    Ledger.loads(ledger.dumps())
+
+
+def test_malformed_rows_and_buckets_are_counted_across_a_read_and_spare_the_rest():
+    c = completions()
+    ledger = c.run(PagesClient([bucket(T0), bucket(T0 + H)]), None, T0 + H + 60).ledger
+    before_window = ledger.horizon - H
+    page = [
+        {'object': 'bucket', 'start_time': None, 'results': [row('m', 1000)]},  # 1: no start time
+        bucket(before_window, row('m', 1000)),  # 2: older than the window read
+        bucket(T0, 'not a row', 7, row('m', -5), row('n', 1)),  # 3, 4, 5
+        bucket(T0 + H, ['a', 'list'], row(f'a{SEP}b', 1), row('m', 2)),  # 6, 7: a separator in a value
+    ]
+    result = c.run(PagesClient(page), ledger, T0 + H + 120)
+    assert result.complete and result.malformed == 7
+    assert totals(result.counts, IN) == {(IN, 'n'): 1, (IN, 'm'): 2}
+    assert before_window not in ledger.buckets
+
+
+def test_a_bucket_without_results_fails_the_page():
+    c = completions()
+    ledger = c.run(PagesClient([bucket(T0)]), None, T0 + 60).ledger
+    result = c.run(PagesClient([{'object': 'bucket', 'start_time': T0, 'end_time': T0 + H}]), ledger, T0 + 120)
+    assert not result.complete
+    assert isinstance(result.error, BadResponse) and result.error.retryable
+    assert result.error.message == (
+        'OpenAI sent a malformed bucket for /organization/usage/completions; the page was not used.'
+    )
+    assert (result.error.status, result.error.endpoint) == (200, 'completions')
+
+
+def test_malformed_levels_are_counted_and_spare_the_other_series():
+    c = EndpointCollector(ENDPOINTS_BY_NAME['vector_stores'], '1h', ('project_id',), SETTINGS)
+
+    def vs(project, size):
+        return {'object': 'organization.usage.vector_stores.result', 'usage_bytes': size, 'project_id': project}
+
+    rows = ['junk', vs('p1', -1), vs('p2', 5), vs('p3', 2**60), vs('p4', 6)]
+    result = c.run(PagesClient([bucket(T0, *rows), bucket(T0 + H, 'junk')]), None, T0 + H + 1)
+    assert result.malformed == 4
+    assert sorted(result.gauges) == [
+        ('openai.api.usage.vector_stores.usage_bytes', 5, 'p2'),
+        ('openai.api.usage.vector_stores.usage_bytes', 6, 'p4'),
+    ]
+
+
+def test_rows_sharing_a_series_key_add_up_the_fields_each_reports():
+    c = completions()
+    ledger = c.run(PagesClient([bucket(T0)]), None, T0 + 60).ledger
+    first, second = row('m', 5, 3), row('m', 6)
+    del first['num_model_requests'], second['output_tokens']
+    result = c.run(PagesClient([bucket(T0, first, second)]), ledger, T0 + 120)
+    REQ = 'openai.api.usage.completions.num_model_requests'
+    assert totals(result.counts) == {(IN, 'm'): 11, (OUT, 'm'): 3, (REQ, 'm'): 1}
+
+
+def test_a_changed_bucket_width_starts_a_new_baseline():
+    ledger = completions().run(PagesClient([bucket(T0, row('m', 1))]), None, T0 + 60).ledger
+    minutes = EndpointCollector(ENDPOINTS_BY_NAME['completions'], '1m', ('model',), SETTINGS)
+    result = minutes.run(PagesClient([bucket(T0, row('m', 5), width=60)]), ledger, T0 + 120)
+    assert result.window.baseline and result.counts == []
+
+
+def test_the_window_on_bucket_boundaries():
+    c = completions()
+    # On the hour, six hours back is a bucket boundary itself: not one bucket further.
+    assert plan_window(c.endpoint, '1h', SETTINGS, None, T0 + 6 * H).read_start == T0
+    one_hour = SimpleNamespace(revision_window_hours=1, costs_revision_window_days=3, max_catch_up_hours=48)
+    assert plan_window(c.endpoint, '1h', one_hour, None, T0 + H).read_start == T0
+    costs = ENDPOINTS_BY_NAME['costs']
+    # 3 February: three days back is before the first of the month.
+    assert plan_window(costs, '1d', SETTINGS, None, T0 + 33 * 86400).read_start == T0 + 30 * 86400
+    # Away exactly max_catch_up_hours: nothing lost.
+    ledger = c.run(PagesClient([bucket(T0)]), None, T0 + 6 * H).ledger
+    window = plan_window(c.endpoint, '1h', SETTINGS, ledger, ledger.horizon + 48 * H)
+    assert window.read_start == ledger.horizon and window.lost is None and not window.baseline
+
+
+def _cost(project, amount):
+    return {'object': 'organization.costs.result', 'amount': amount, 'project_id': project, 'line_item': 'x'}
+
+
+def test_a_cost_without_a_usable_amount_is_not_reported_and_spares_the_rest():
+    c = EndpointCollector(ENDPOINTS_BY_NAME['costs'], '1d', ('project_id', 'line_item'), SETTINGS)
+    ledger = c.run(PagesClient([bucket(T0, width=86400)]), None, T0 + H).ledger
+    rows = [
+        _cost('p0', {'value': None, 'currency': 'usd'}),
+        _cost('p1', 1.5),  # not an object
+        _cost('p2', None),
+        _cost('p3', {'value': 2.0, 'currency': 'usd'}),
+        _cost('p4', {'value': 0.25}),  # no currency: OpenAI bills in usd
+    ]
+    result = c.run(PagesClient([bucket(T0, *rows, width=86400)]), ledger, T0 + 2 * H)
+    assert result.complete
+    assert totals(result.counts) == {
+        ('openai.api.costs.amount', SEP.join(['p3', 'x', 'usd'])): 2.0,
+        ('openai.api.costs.amount', SEP.join(['p4', 'x', ''])): 0.25,
+    }
+    assert result.month_totals == {'usd': 2.25}
+    assert result.project_month_totals == {('usd', 'p3'): 2.0, ('usd', 'p4'): 0.25}

@@ -606,6 +606,18 @@ def test_fault_counts_and_matching(http, server):
         server.faults.add('costs', 'meteor')
 
 
+def test_a_fault_on_later_pages_spares_the_first(http, server):
+    server.faults.add('embeddings', 503, count=None, on_later_pages=True)
+    params = [('start_time', NOW - 10 * H), ('bucket_width', '1h'), ('limit', 3)]
+    first = get(http, server, usage_path('embeddings'), params)
+    assert first.status_code == 200 and first.json()['has_more']
+    cursor = first.json()['next_page']
+    assert get(http, server, usage_path('embeddings'), params + [('page', cursor)]).status_code == 503
+    assert get(http, server, usage_path('embeddings'), params).status_code == 200
+    server.faults.clear()
+    assert get(http, server, usage_path('embeddings'), params + [('page', cursor)]).status_code == 200
+
+
 def test_timeout_fault(http, server):
     server.faults.add('costs', 'timeout', delay=2)
     with pytest.raises(requests.Timeout):
@@ -786,11 +798,12 @@ def test_standalone_server():
         proc.wait(timeout=10)
 
 
-def test_a_big_organization_stays_fast():
+def test_a_big_organization_serves_whole_pages():
+    # How fast it serves them is the benchmark's to measure (simulator_cpu_s), not a timed test's: a wall-clock
+    # bound here would fail on a loaded machine.
     big = Organization(seed=3, series_per_bucket={'completions': 3000}, projects=40)
     clock = Clock(big.traffic_start + 36 * H + 1234)
     with SimulatorServer(big, clock) as server, requests.Session() as http:
-        started = time.perf_counter()
         r = http.get(
             server.base_url + usage_path('completions'),
             params=[('start_time', int(clock.now()) // H * H - 6 * H), ('bucket_width', '1h'), ('limit', 168)]
@@ -798,11 +811,9 @@ def test_a_big_organization_stays_fast():
             headers={'Authorization': 'Bearer sk-admin-test'},
             timeout=30,
         )
-        elapsed = time.perf_counter() - started
     data = r.json()['data']
     assert len(data) == 7
     assert [len(b['results']) for b in data[:-1]] == [
         big.series_alive('completions', b['start_time']) for b in data[:-1]
     ]
     assert min(len(b['results']) for b in data[:-1]) > 2900
-    assert elapsed < 2.0

@@ -200,7 +200,8 @@ class Faults:
         0.5, of its body; `declared_length='full'` keeps the full Content-Length so the client sees the
         connection drop, `'sent'` declares only what is sent so the client gets invalid JSON),
         `non_json` (an HTML error page, `status` default 502), `empty_body` (`status` default 200),
-        `disconnect` (the socket is closed without a response)."""
+        `disconnect` (the socket is closed without a response). With `on_later_pages=True` the fault only
+        hits requests for a next page (those with a `page` cursor), so a query's first page is answered."""
         if isinstance(kind, int) or (isinstance(kind, str) and kind.isdigit()):
             options['status'] = int(kind)
             kind = 'status'
@@ -228,19 +229,21 @@ class Faults:
     def __len__(self) -> int:
         return len(self.pending())
 
-    def matches(self, fault: Fault, route: str | None, path: str) -> bool:
+    def matches(self, fault: Fault, route: str | None, path: str, query: dict | None = None) -> bool:
+        if fault.options.get('on_later_pages') and not (query or {}).get('page'):
+            return False
         if fault.match == '*':
             return True
         if fault.match in self._names:
             return fault.match == route
         return fault.match in path
 
-    def take(self, route: str | None, path: str) -> Fault | None:
+    def take(self, route: str | None, path: str, query: dict | None = None) -> Fault | None:
         with self._lock:
             for fault in self._faults:
                 if fault.remaining is not None and fault.remaining <= 0:
                     continue
-                if self.matches(fault, route, path):
+                if self.matches(fault, route, path, query):
                     if fault.remaining is not None:
                         fault.remaining -= 1
                     fault.hits += 1
@@ -679,7 +682,7 @@ class _Handler(BaseHTTPRequestHandler):
         if length:
             self.rfile.read(length)
         try:
-            fault = sim.faults.take(route, url.path)
+            fault = sim.faults.take(route, url.path, query)
             if fault is not None:
                 record.fault = fault.kind
                 if self._fault(fault, record, method, url.path, query):
