@@ -42,8 +42,9 @@ class Outcome:
     change: Any = None
     # Distinct series the source tracks, once its change is saved.
     series: int | None = None
-    # Result rows read, and whether the run recorded a baseline (what the benchmark reports).
+    # Result rows read, rows or buckets skipped as malformed, and whether the run recorded a baseline.
     rows: int = 0
+    malformed: int = 0
     baseline: bool = False
 
 

@@ -247,6 +247,7 @@ class UsageSource(Source):
     def _conclude(self, reading: Reading, outcome: Outcome, now: float) -> Outcome:
         window = reading.window
         outcome.rows = reading.rows
+        outcome.malformed = reading.malformed
         outcome.baseline = window.baseline
         if outcome.error is not None:
             outcome.warnings.append(f'{self.name}: {outcome.error.message}')
