@@ -1,7 +1,9 @@
 """The integration's assets (dashboards, recommended monitors, README) checked against what the check submits.
 
-`ddev validate` checks the JSON shapes it knows; these tests check the meaning: every metric a dashboard or a
-monitor queries is in metadata.csv, every tag it filters or groups by is one the check sets on that metric,
+`ddev validate` checks the JSON shapes it knows, and tests/test_asset_models.py checks them against Datadog's typed
+API models; these tests check the meaning: every metric a dashboard or a monitor queries is in metadata.csv (or
+is one of Datadog's own OpenAI integration, from the copy of its metadata.csv in tests/data), every tag it filters
+or groups by is one the check sets on that metric,
 counts are summed, no formula mixes two endpoints (a widget must keep working when an endpoint is turned off),
 monitor queries parse and agree with their thresholds, and the README documents every message the check gives.
 
@@ -86,7 +88,10 @@ ALL_TAGS = frozenset().union(*METRIC_TAGS.values(), SERVICE_CHECK_TAGS)
 
 
 def metric_source(metric: str) -> str:
-    """The OpenAI endpoint a metric comes from ('completions', 'costs'...), or 'check' for health metrics."""
+    """The OpenAI endpoint a metric comes from ('completions', 'costs'...), 'check' for health metrics, or
+    DATADOG_INTEGRATION for a metric of Datadog's own OpenAI integration."""
+    if metric in DATADOG_METRICS:
+        return DATADOG_INTEGRATION
     for endpoint in ENDPOINTS:
         if metric.startswith(endpoint.metric_prefix + '.'):
             return endpoint.name
@@ -98,6 +103,28 @@ def metric_source(metric: str) -> str:
 def load_metadata() -> dict[str, dict]:
     with open(ROOT / 'metadata.csv', newline='') as f:
         return {row['metric_name']: row for row in csv.DictReader(f)}
+
+
+# The metrics of Datadog's own OpenAI integration (ddtrace's `openai.request.duration`, `openai.request.error`,
+# `openai.tokens.total`...), from a copy of its metadata.csv (tests/data/README.md says where it comes from): the
+# only names besides this check's that a dashboard or monitor may query, so that a widget can show what the
+# applications saw next to what OpenAI billed. The check never submits them.
+DATADOG_METADATA = ROOT / 'tests' / 'data' / 'datadog_openai_metadata.csv'
+DATADOG_INTEGRATION = 'datadog_integration'
+
+
+def load_datadog_metadata() -> dict[str, dict]:
+    with open(DATADOG_METADATA, newline='') as f:
+        return {row['metric_name']: row for row in csv.DictReader(f)}
+
+
+DATADOG_METRICS = frozenset(load_datadog_metadata())
+
+
+def metric_metadata(metric: str) -> dict | None:
+    """The metadata.csv row of a metric a dashboard or monitor may query: this check's, or Datadog's integration's
+    for its own names; None for any other name, which no asset may query."""
+    return load_metadata().get(metric) or load_datadog_metadata().get(metric)
 
 
 # -- metric queries ---------------------------------------------------------------------------------------
@@ -355,10 +382,15 @@ def monitor_metric_queries() -> Iterator[tuple[str, MetricQuery]]:
 
 
 def queried_metrics() -> set[str]:
-    """Every metric a dashboard widget or a recommended monitor queries.
+    """Every metric of this check that a dashboard widget or a recommended monitor queries (not Datadog's
+    integration's: the check does not submit those).
 
     For a test that runs the check (against the API simulator) and asserts each one is submitted.
     """
+    return all_queried_metrics() - DATADOG_METRICS
+
+
+def all_queried_metrics() -> set[str]:
     metrics = {q.metric for _, q in dashboard_metric_queries()}
     metrics.update(q.metric for _, q in monitor_metric_queries())
     return metrics
@@ -481,12 +513,71 @@ def test_usage_overview_template_variables():
     }
 
 
+def metrics_not_allowed(queries) -> list[str]:
+    """`where: metric` for each query, of (where, MetricQuery) pairs, of a metric that is neither this check's nor
+    one of Datadog's OpenAI integration."""
+    return [f'{where}: {query.metric}' for where, query in queries if not metric_metadata(query.metric)]
+
+
 def test_every_queried_metric_is_in_metadata():
     metadata = load_metadata()
     catalogue = {m.name for m in all_metrics()}
     assert set(metadata) == catalogue, 'metadata.csv is out of date: python -m datadog_checks.openai.catalogue'
-    for where, query in [*dashboard_metric_queries(), *monitor_metric_queries()]:
-        assert query.metric in metadata, f'{where}: {query.metric} is not in metadata.csv'
+    refused = metrics_not_allowed([*dashboard_metric_queries(), *monitor_metric_queries()])
+    assert not refused, (
+        f"neither in metadata.csv nor in Datadog's OpenAI integration's ({DATADOG_METADATA.relative_to(ROOT)}): "
+        f'{refused}'
+    )
+
+
+def test_a_foreign_metric_is_allowed_only_if_datadogs_integration_has_it():
+    """Ours and the names of the copy pass; any other, even a name Datadog's integration submits without listing
+    it there (its hosted crawler's `openai.completions.*`), a misspelling or another integration's, is refused."""
+    names = [
+        'openai.api.costs.amount',
+        'openai.request.duration',
+        'openai.request.error',
+        'openai.tokens.total',
+        'openai.completions.input_tokens',
+        'openai.request.durations',
+        'openai.tokens',
+        'aws.ec2.cpu',
+    ]
+    widget = {'definition': {'type': 'timeseries', 'title': 'Beside ours'}}
+    request = {
+        'queries': [
+            {'data_source': 'metrics', 'name': f'query{i}', 'query': f'sum:{name}{{$account}}.as_count()'}
+            for i, name in enumerate(names, 1)
+        ]
+    }
+    queries = [('sample.json: Beside ours', q) for q in Request('sample.json', widget, request).queries().values()]
+    assert [q.metric for _, q in queries] == names
+    assert metrics_not_allowed(queries) == [
+        'sample.json: Beside ours: openai.completions.input_tokens',
+        'sample.json: Beside ours: openai.request.durations',
+        'sample.json: Beside ours: openai.tokens',
+        'sample.json: Beside ours: aws.ec2.cpu',
+    ]
+    assert metric_metadata('openai.request.error')['metric_type'] == 'count'  # the count rule applies to it too
+
+
+def test_datadogs_metadata_copy():
+    """The copy says where it comes from, reads as a metadata.csv, and shares no name with this check (the README
+    promises both sets of metrics can be collected side by side)."""
+    readme = (DATADOG_METADATA.parent / 'README.md').read_text()
+    section = readme.split(f'## {DATADOG_METADATA.name}\n', 1)[1].split('\n## ', 1)[0]
+    assert '- Source repository: https://github.com/DataDog/integrations-core\n' in section
+    assert '- Source path: openai/metadata.csv\n' in section
+    assert re.search(r'^- Source commit: [0-9a-f]{40}$', section, re.M)
+    with open(DATADOG_METADATA, newline='') as f:
+        header = next(csv.reader(f))
+    with open(ROOT / 'metadata.csv', newline='') as f:
+        ours = next(csv.reader(f))
+    assert header == ours[: len(header)], 'the columns of a metadata.csv (ours has the newer sample_tags as well)'
+    theirs = load_datadog_metadata()
+    assert all(name.startswith('openai.') and row['integration'] == 'openai' for name, row in theirs.items())
+    assert all(row['metric_type'] in ('gauge', 'count', 'rate', 'distribution') for row in theirs.values())
+    assert not DATADOG_METRICS & {m.name for m in all_metrics()}
 
 
 def test_every_widget_query_parses():
@@ -507,6 +598,11 @@ def test_query_tags_are_set_on_the_metric(where, query):
     A template variable applied to a metric without its tag would empty the widget as soon as it is set
     (vector stores have no `model`); a group-by on such a tag shows a single `N/A` group.
     """
+    if query.metric in DATADOG_METRICS:
+        pytest.fail(
+            f"{where}: {query.metric} is Datadog's integration's, whose tags (ddtrace's) these tests do not know yet: "
+            'list the tags its queries may use before querying it'
+        )
     tags = METRIC_TAGS[query.metric]
     for key in query.filter_keys():
         assert key in tags, f'{where}: {query.metric} has no tag {key}'
@@ -525,7 +621,7 @@ def test_query_tags_are_set_on_the_metric(where, query):
     [pytest.param(w, q, id=f'{w}|{q.text}') for w, q in [*dashboard_metric_queries(), *monitor_metric_queries()]],
 )
 def test_counts_are_summed_and_gauges_are_not_counted(where, query):
-    kind = load_metadata()[query.metric]['metric_type']
+    kind = metric_metadata(query.metric)['metric_type']
     if kind == 'count':
         assert query.space == 'sum', f'{where}: a count must be summed across series: {query.text}'
         assert 'as_count' in query.function_names, f'{where}: a count needs .as_count(): {query.text}'

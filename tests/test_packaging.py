@@ -233,10 +233,23 @@ def test_wheel_holds_the_check_and_its_example_config_only(dists):
     # The namespace package belongs to datadog-checks-base; shipping it would overwrite the Agent's copy.
     assert 'datadog_checks/__init__.py' not in names
     assert not [n for n in names if not n.startswith(('datadog_checks/openai/', 'datadog_openai-'))]
+    # The tests' own dependencies stay out: datadog-api-client validates the assets in the tests only.
+    assert not [n for n in names if 'datadog_api_client' in n]
+    requires = re.findall(r'^Requires-Dist: ([A-Za-z0-9_.-]+)', metadata, re.M)
+    assert 'datadog-api-client' not in requires and 'datadog_api_client' not in requires, requires
     assert 'Requires-Python: >=3.12' in metadata
     # The floor the check enforces at load (agent.MIN_BASE_VERSION), declared where pip and the Agent read it.
     minimum = re.escape('.'.join(map(str, MIN_BASE_VERSION)))
     assert re.search(rf'^Requires-Dist: datadog-checks-base>={minimum}$', metadata, re.M)
+
+
+def test_the_check_does_not_import_the_tests_dependencies():
+    """datadog-api-client is in requirements-dev.txt, not in the Agent: the check must not need it."""
+    for source in sorted(PACKAGE.rglob('*.py')):
+        text = source.read_text()
+        assert not re.search(r'^\s*(?:import|from)\s+datadog_api_client\b', text, re.M), source
+    assert 'datadog-api-client' not in (ROOT / 'pyproject.toml').read_text()
+    assert re.search(r'^datadog-api-client==\d+\.\d+\.\d+$', (ROOT / 'requirements-dev.txt').read_text(), re.M)
 
 
 def test_sdist_leaves_the_tests_out(dists):
