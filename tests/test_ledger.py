@@ -492,7 +492,9 @@ def test_the_window_on_bucket_boundaries():
     c = completions()
     # On the hour, six hours back is a bucket boundary itself: not one bucket further.
     assert c.plan(None, T0 + 6 * H).read_start == T0
-    one_hour = Collector('completions', '1h', ('model',), Windows(revision_hours=1, catch_up_hours=48, costs_revision_days=3))
+    one_hour = Collector(
+        'completions', '1h', ('model',), Windows(revision_hours=1, catch_up_hours=48, costs_revision_days=3)
+    )
     assert one_hour.plan(None, T0 + H).read_start == T0
     costs = Collector('costs', '1d', ('project_id', 'line_item'))
     # 3 February: three days back is before the first of the month.

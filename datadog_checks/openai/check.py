@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from itertools import chain
 from urllib.parse import urlsplit
 
 from datadog_checks.base import AgentCheck, ConfigurationError
@@ -25,6 +24,9 @@ from .tags import TagBuilder
 
 # A cluster check's state older than this many collection intervals is not caught up from.
 STALE_CLUSTER_STATE_RUNS = 3
+
+# The generated model shows every option in its repr, which a log line or a traceback may print: never the key.
+InstanceConfig.model_fields['admin_api_key'].repr = False
 
 
 class OpenAICheck(AgentCheck, ConfigMixin):
@@ -131,7 +133,9 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         Agent's own scheduling jitter from skipping every other run."""
         if self.last_run_at is not None and now - self.last_run_at < 0.9 * self.interval:
             self.log.debug(
-                'Skipping this run: the previous one was %.0fs ago (interval %ss)', now - self.last_run_at, self.interval
+                'Skipping this run: the previous one was %.0fs ago (interval %ss)',
+                now - self.last_run_at,
+                self.interval,
             )
             return True
         self.last_run_at = now
@@ -217,13 +221,18 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             source.apply(outcome)
             self.gauge(STATE_SIZE.name, size, tags=self.base_tags + endpoint)
             self.gauge(SERIES.name, outcome.series, tags=self.base_tags + endpoint)
-        tags_of = self.tags.tags
-        for metric, value, dims, key in outcome.counts:
-            self.count(metric, value, tags=tags_of(dims, key))
-        for metric, value, dims, key in outcome.gauges:
-            self.gauge(metric, value, tags=tags_of(dims, key))
-        contexts = self.tags.contexts(chain(outcome.counts, outcome.gauges))
-        self.gauge(CONTEXTS.name, contexts, tags=self.base_tags + endpoint)
+        # Each distinct (metric, tag set) is a context, a custom metric: series with the same tags share their list.
+        contexts = set()
+        seen = contexts.add
+        dims_of = tags_of = None
+        for submit, points in ((self.count, outcome.counts), (self.gauge, outcome.gauges)):
+            for metric, value, dims, key in points:
+                if dims is not dims_of:  # a source's points share their dimensions, but for a few
+                    dims_of, tags_of = dims, self.tags.of(dims)
+                tags = tags_of(key)
+                submit(metric, value, tags=tags)
+                seen((metric, id(tags)))
+        self.gauge(CONTEXTS.name, len(contexts), tags=self.base_tags + endpoint)
 
     def report_health(self, run: Run, outcomes: list[Outcome], started: float) -> None:
         lags = {}

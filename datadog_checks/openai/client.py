@@ -503,7 +503,6 @@ class BodyReader:
         )
 
 
-
 def _reason(error: ApiError) -> str:
     if isinstance(error, BadResponse):
         return 'bad_response'

@@ -23,7 +23,10 @@ def verdict(outcomes: list[Outcome], expected: list[str], rate_limited: bool) ->
             return AgentCheck.CRITICAL, auth.message
         if failed:
             return AgentCheck.CRITICAL, f'No endpoint could be read: {failed[0].error.message}'
-        return AgentCheck.CRITICAL, 'No endpoint could be read: every endpoint failed with an unexpected error (see the warnings).'
+        return (
+            AgentCheck.CRITICAL,
+            'No endpoint could be read: every endpoint failed with an unexpected error (see the warnings).',
+        )
     tried = {o.source for o in outcomes}
     skipped = [name for name in expected if name not in tried]
     if failed or rate_limited or skipped:

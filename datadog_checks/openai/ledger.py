@@ -68,6 +68,27 @@ class Ledger:
     # Clock time of the last run that read the endpoint to its newest bucket.
     read_at: float
     buckets: Cells = field(default_factory=dict)
+    # One key object per series for every bucket, made of one string per distinct value: the rows of each page
+    # bring their own copies, which would otherwise be kept once per bucket.
+    _keys: dict[Key, Key] = field(default_factory=dict, repr=False, compare=False)
+    _values: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self):
+        self._reindex()
+
+    def _reindex(self) -> None:
+        """The shared keys and values of the buckets held: forgets those of pruned buckets."""
+        self._keys, self._values = {}, {}
+        intern = self._intern
+        for start, cells in self.buckets.items():
+            self.buckets[start] = {intern(key): values for key, values in cells.items()}
+
+    def _intern(self, key: Key) -> Key:
+        shared = self._keys.get(key)
+        if shared is None:
+            value = self._values.setdefault
+            shared = self._keys[key] = tuple([value(v, v) for v in key])
+        return shared
 
     def merged(self, change: Change) -> Cells:
         """The buckets as they are once `change` is applied, without applying it."""
@@ -81,11 +102,17 @@ class Ledger:
 
     def apply(self, change: Change) -> None:
         """Take `change` in: call it only once the ledger with the change was saved."""
+        intern = self._intern
         for start, cells in change.cells.items():
-            self.buckets.setdefault(start, {}).update(cells)
+            bucket = self.buckets.setdefault(start, {})
+            for key, values in cells.items():
+                bucket[intern(key)] = values
         self.horizon = max(self.horizon, change.horizon)
-        for start in [s for s in self.buckets if s < self.horizon]:
+        pruned = [s for s in self.buckets if s < self.horizon]
+        for start in pruned:
             del self.buckets[start]
+        if pruned:
+            self._reindex()
         self.read_at = change.read_at
 
     def dumps(self, change: Change | None = None) -> tuple[str, int]:

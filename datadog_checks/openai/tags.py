@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Callable
 
 from .catalogue import NAME_TAGS
 
@@ -58,24 +59,34 @@ class TagBuilder:
     def __init__(self, base_tags: list[str], names):
         self.base_tags = base_tags
         self.names = names
-        self._series: dict[tuple, list[str]] = {}
+        self._series: dict[tuple[str, ...], dict[tuple[str, ...], list[str]]] = {}
+        self._tag_sets: dict[tuple[str, ...], list[str]] = {}
         self._fragments: dict[tuple[str, str], tuple[str, ...]] = {}
 
-    def tags(self, dims: tuple[str, ...], key: tuple[str, ...]) -> list[str]:
-        cache_key = (dims, key)
-        tags = self._series.get(cache_key)
-        if tags is None:
-            tags = list(self.base_tags)
-            fragments = self._fragments
-            for dim_value in zip(dims, key):
-                if not dim_value[1]:
-                    continue  # a dimension OpenAI did not group by (null) is left out, not tagged `none`
-                fragment = fragments.get(dim_value)
-                if fragment is None:
-                    fragment = fragments[dim_value] = self.dimension_tags(*dim_value)
-                tags.extend(fragment)
-            self._series[cache_key] = tags
-        return tags
+    def of(self, dims: tuple[str, ...]) -> Callable[[tuple[str, ...]], list[str]]:
+        """key -> the tags of that series of `dims`. Series whose tags come out the same share one list: the Agent
+        keys a context on the metric name and the set of tags, so they make one context (one custom metric), which
+        the check counts by the identity of these lists."""
+        series = self._series.setdefault(dims, {})
+        fragments = self._fragments
+        shared = self._tag_sets.setdefault
+        base = self.base_tags
+
+        def tags_of(key: tuple[str, ...]) -> list[str]:
+            tags = series.get(key)
+            if tags is None:
+                tags = list(base)
+                for dim_value in zip(dims, key):
+                    if not dim_value[1]:
+                        continue  # a dimension OpenAI did not group by (null) is left out, not tagged `none`
+                    fragment = fragments.get(dim_value)
+                    if fragment is None:
+                        fragment = fragments[dim_value] = self.dimension_tags(*dim_value)
+                    tags.extend(fragment)
+                tags = series[key] = shared(tuple(tags), tags)
+            return tags
+
+        return tags_of
 
     def dimension_tags(self, dim: str, value: str) -> tuple[str, ...]:
         """`dim:value`, and the name next to an id when it is known, normalized as Datadog would."""
@@ -86,15 +97,7 @@ class TagBuilder:
                 return (tag(dim, value), tag(name_tag, resolved))
         return (tag(dim, value),)
 
-    def contexts(self, points) -> int:
-        """How many metric contexts the points make: the Agent keys a context on the metric name and the set of
-        tags, so series whose tags come out the same share one (and one custom metric)."""
-        submitted = {(metric, dims, key) for metric, _, dims, key in points}
-        series = {(dims, key) for _, dims, key in submitted}
-        if len({frozenset(self.tags(*s)) for s in series}) == len(series):
-            return len(submitted)  # the usual case: one tag set per series
-        return len({(metric, frozenset(self.tags(dims, key))) for metric, dims, key in submitted})
-
     def forget(self) -> None:
         self._series.clear()
+        self._tag_sets.clear()
         self._fragments.clear()

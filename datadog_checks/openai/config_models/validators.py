@@ -31,16 +31,6 @@ WHY = {
 }
 
 
-class Secret(str):
-    """The admin key: a str everywhere it is used, never shown by a repr (of the config model, in a log or a
-    traceback)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "'********'"
-
-
 # -- what the model's fields say -------------------------------------------------------------------------
 
 
@@ -103,7 +93,7 @@ def instance_admin_api_key(value, **kwargs):
             '`admin_api_key` is a project or service account key (sk-proj-/sk-svcacct-). The usage and costs '
             f'endpoints need an organization admin key: create one at {ADMIN_KEYS_PAGE}.'
         )
-    return Secret(key)
+    return key
 
 
 def instance_auth_token(value, **kwargs):

@@ -83,7 +83,9 @@ class NameSource(Source):
     def _list(client, path, params, endpoint, problems, what=None) -> list[dict] | None:
         what = what or {'projects': 'Project names', 'users': 'User emails'}[endpoint]
         try:
-            return [item for item in client.iter_list(path, params, endpoint) if isinstance(item, dict) and item.get('id')]
+            return [
+                item for item in client.iter_list(path, params, endpoint) if isinstance(item, dict) and item.get('id')
+            ]
         except ApiError as e:
             problems.append(f'{what} not refreshed: {e.message}')
             return None

@@ -260,7 +260,9 @@ class UsageSource(Source):
         if reading.malformed:
             outcome.warnings.append(f'{self.name}: {reading.malformed} malformed rows or buckets were skipped.')
         for key, (_, values) in reading.levels.items():
-            outcome.gauges.extend((name, v, self.dims, key) for name, v in zip(self.level_names, values) if v is not None)
+            outcome.gauges.extend(
+                (name, v, self.dims, key) for name, v in zip(self.level_names, values) if v is not None
+            )
         if window.baseline and not outcome.complete:
             # Half a baseline would make the next run submit the unread buckets' past usage: nothing is saved.
             return outcome
