@@ -226,7 +226,9 @@ class UsageSource(Source):
             if old is None:
                 changed[key] = values
                 if not baseline:
-                    counts.extend((name, v, dims, key) for name, v in zip(names, values) if v)
+                    for name, v in zip(names, values):
+                        if v:
+                            counts.append((name, v, dims, key))
                 continue
             now_submitted = list(old)
             for i, v in enumerate(values):
