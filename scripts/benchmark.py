@@ -304,23 +304,32 @@ class Bench:
         self.results = []
         self.names_cpu = 0.0
         self.names_wall = 0.0
-        # Observation only: what each endpoint's collector returned, and the time spent resolving names.
+        # Observation only: what each source's run gave, and the time spent resolving names.
         collect = check.collect
-        refresh = check.refresh_names
+        build = check.build
 
-        def observed_collect(name, client, now):
-            result = collect(name, client, now)
-            self.results.append(result)
-            return result
+        def observed_collect(source, run):
+            outcome = collect(source, run)
+            self.results.append(outcome)
+            return outcome
 
-        def observed_refresh(client):
-            wall, cpu = time.perf_counter(), time.process_time()
-            refresh(client)
-            self.names_wall += time.perf_counter() - wall
-            self.names_cpu += time.process_time() - cpu
+        def observed_build():
+            build()
+            names = check.names.collect
+
+            def observed_names(run):
+                wall, cpu = time.perf_counter(), time.process_time()
+                try:
+                    return names(run)
+                finally:
+                    self.names_wall += time.perf_counter() - wall
+                    self.names_cpu += time.process_time() - cpu
+
+            check.names.collect = observed_names
 
         check.collect = observed_collect
-        check.refresh_names = observed_refresh
+        check.build = observed_build
+        check.check_initializations[-1] = observed_build
         self.runs: list[dict] = []
 
     def _sleep(self, seconds: float) -> None:
@@ -375,14 +384,15 @@ class Bench:
             'non_200': sum(1 for r in log if r['status'] != 200),
             'bytes': sum(r['bytes'] for r in log),
             'rows': sum(r.rows for r in self.results),
-            'rows_by_endpoint': {r.endpoint.name: r.rows for r in self.results},
+            'rows_by_endpoint': {r.source: r.rows for r in self.results},
             'count_points': flows,
             'points': len(points),
             'complete': all(r.complete for r in self.results),
-            'baseline': any(r.window.baseline for r in self.results),
+            'baseline': any(r.baseline for r in self.results),
         }
         record.update(self.state(timed=with_floor))
-        record['state_cells'] = sum(len(b) for r in self.results for b in r.ledger.buckets.values())
+        ledgers = [s.ledger for s in self.check.sources if getattr(s, 'ledger', None) is not None]
+        record['state_cells'] = sum(len(b) for ledger in ledgers for b in ledger.buckets.values())
         if with_floor:
             record['pages'] = [r for r in log if r['start_time'] is not None]
             record.update(self.floor(record, log, points))

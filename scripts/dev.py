@@ -641,12 +641,107 @@ def cmd_test_install(args: list) -> int:
     return 0
 
 
+# == mutation testing ==================================================================================================
+
+# The modules that decide what is submitted and when, by the short names scripts/mutation takes.
+MUTATED = {
+    'usage': 'sources.usage',
+    'costs': 'sources.costs',
+    'rows': 'sources.rows',
+    'ledger': 'ledger',
+    'check': 'check',
+    'client': 'client',
+}
+
+
+def mutation_summary(mutmut: Path) -> str:
+    out = run([mutmut, 'results', '--all', 'true'], 'mutmut results', stdout=subprocess.PIPE, universal_newlines=True)
+    counts = {}
+    for line in out.stdout.splitlines():
+        name, _, status = line.strip().rpartition(': ')
+        module = next(
+            (
+                m
+                for m in sorted(MUTATED.values(), key=len, reverse=True)
+                if name.startswith(f'datadog_checks.openai.{m}.')
+            ),
+            None,
+        )
+        if module:
+            counts.setdefault(module, {}).setdefault(status, 0)
+            counts[module][status] += 1
+    rows = [f'{"module":<16} {"killed":>7} {"survived":>9} {"timeout":>8} {"skipped":>8} {"other":>6}']
+    for module, c in sorted(counts.items()):
+        known = [c.get(k, 0) for k in ('killed', 'survived', 'timeout', 'skipped')]
+        rows.append(
+            f'{module:<16} {known[0]:>7} {known[1]:>9} {known[2]:>8} {known[3]:>8} {sum(c.values()) - sum(known):>6}'
+        )
+    rows.append('(other: not checked yet, no covering test, suspicious or segfault; `mutmut results` names them)')
+    return '\n'.join(rows)
+
+
+def cmd_mutation(args: list) -> int:
+    """Mutation testing (mutmut, pinned in scripts/requirements-mutation.txt) of the modules that decide what is
+    submitted and when. Not part of scripts/test or CI: it takes hours (README, "Mutation testing").
+
+      scripts/mutation ledger               one module (usage, costs, rows, ledger, check, client); several may be given
+      scripts/mutation 'check.*commit*'     mutants by mutmut's name globs, relative to datadog_checks.openai
+      scripts/mutation                      every module
+      scripts/mutation --jobs 1 ...         workers (default 2; the machine's cores are shared)
+      scripts/mutation --summary            killed / survived / timeout / skipped per module of the runs so far
+      scripts/mutation --show NAME          the diff of one mutant (`.venvs/mutation/bin/mutmut results` lists them)
+
+    mutmut copies the project into mutants/ (git-ignored) and keeps its results there: a later run only tests mutants
+    without a result (delete mutants/ to start afresh). Which tests may kill a mutant is set in pyproject.toml,
+    [tool.mutmut]. Needs a Python 3.12; creates .venvs/mutation."""
+    jobs, mode, names = '2', 'run', []
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg == '--jobs':
+            jobs = rest.pop(0)
+        elif arg.startswith('--jobs='):
+            jobs = arg.split('=', 1)[1]
+        elif arg in ('--summary', '--show'):
+            mode = arg[2:]
+            if arg == '--show':
+                names.append(rest.pop(0))
+        elif arg in ('-h', '--help'):
+            print(cmd_mutation.__doc__)
+            return 0
+        elif arg.startswith('-'):
+            raise Fail(f'unknown option {arg} (see scripts/mutation --help)')
+        else:
+            names.append(
+                f'datadog_checks.openai.{MUTATED[arg]}.*' if arg in MUTATED else f'datadog_checks.openai.{arg}'
+            )
+    py = find_python('3.12')
+    if py is None:
+        raise Fail(not_found(['3.12']))
+    venv = VENVS / 'mutation'
+    requirements = [REPO / 'pyproject.toml', REPO / 'requirements-dev.txt', SCRIPTS / 'requirements-mutation.txt']
+    install = ['-e', f'{REPO}[deps]', '-r', requirements[1], '-r', requirements[2]]
+    ensure_venv(venv, py, requirements, install, f'Installing the check, its test requirements and mutmut into {venv}')
+    mutmut = venv / 'bin' / 'mutmut'
+    if mode == 'show':
+        name = names[0] if names[0].startswith('datadog_checks.') else f'datadog_checks.openai.{names[0]}'
+        return subprocess.call([mutmut, 'show', name], cwd=REPO)
+    if mode == 'run':
+        started = time.monotonic()
+        targets = names or [f'datadog_checks.openai.{m}.*' for m in MUTATED.values()]
+        subprocess.call([mutmut, 'run', '--max-children', jobs, *targets], cwd=REPO)
+        log('', f'Took {(time.monotonic() - started) / 60:.0f} min with {jobs} workers.')
+    print(mutation_summary(mutmut))
+    return 0
+
+
 COMMANDS = {
     'demo': cmd_demo,
     'test': cmd_test,
     'test-install': cmd_test_install,
     'sync': cmd_sync,
     'check-generated': cmd_check_generated,
+    'mutation': cmd_mutation,
 }
 
 

@@ -857,7 +857,14 @@ OPERATOR_CALLS = {
     'ConfigurationError',
     'UnusableResponse',
     'DeadlineExceeded',
+    'ValueError',
 }
+# Where operator messages are made: every module of the check, the configuration rules among the generated models.
+MESSAGE_MODULES = sorted(
+    str(p.relative_to(PACKAGE))
+    for p in PACKAGE.rglob('*.py')
+    if p.parent.name != 'config_models' or p.name == 'validators.py'
+)
 
 
 def _fragments(node: ast.AST) -> list[str]:
@@ -872,14 +879,16 @@ def _fragments(node: ast.AST) -> list[str]:
 def operator_messages() -> dict[str, list[str]]:
     """Message source -> its literal fragments, for every warning, error and log message meant for the operator."""
     messages = {}
-    for module in ('agent.py', 'check.py', 'client.py', 'collector.py', 'settings.py', 'names.py'):
+    for module in MESSAGE_MODULES:
         tree = ast.parse((PACKAGE / module).read_text())
         for node in ast.walk(tree):
             candidates = []
             if isinstance(node, ast.Call) and node.args:
                 func = node.func
                 name = func.attr if isinstance(func, ast.Attribute) else getattr(func, 'id', None)
-                if name in OPERATOR_CALLS:
+                # A ValueError is an operator message where the configuration rules raise it; elsewhere (the saved
+                # state's checks) it is the detail of one.
+                if name in OPERATOR_CALLS and (name != 'ValueError' or module.endswith('validators.py')):
                     candidates.append(node.args[0])
             elif isinstance(node, ast.Return) and isinstance(node.value, ast.Tuple):
                 candidates.extend(node.value.elts)

@@ -134,13 +134,17 @@ def test_a_partly_read_run_is_a_warning_and_does_not_fail(sim, make_check, dd_ru
     aggregator.assert_metric('openai.check.can_connect', 1)
 
 
-def test_a_run_whose_every_endpoint_hits_an_unexpected_error_fails(sim, make_check, dd_run_check, aggregator):
+def test_a_run_whose_every_endpoint_hits_an_unexpected_error_fails(
+    sim, make_check, dd_run_check, aggregator, monkeypatch
+):
+    from datadog_checks.openai.sources import UsageSource
+
     check = make_check(usage_endpoints=['completions', 'embeddings'], collect_costs=False)
 
     def broken(*args, **kwargs):
         raise KeyError('surprise')
 
-    check.collect = broken
+    monkeypatch.setattr(UsageSource, 'collect', broken)
     with pytest.raises(Exception, match='every endpoint failed with an unexpected error'):
         dd_run_check(check, extract_message=True)
     assert only_status(aggregator).status == AgentCheck.CRITICAL
@@ -297,26 +301,26 @@ def test_under_agent_check_the_state_is_read_but_never_saved(
 def test_an_unexpected_error_skips_one_endpoint_and_loses_nothing(
     org, clock, sim, make_check, dd_run_check, aggregator, monkeypatch
 ):
-    from datadog_checks.openai.collector import EndpointCollector
+    from datadog_checks.openai.sources import UsageSource
 
     from .conftest import DEFAULT_GROUP_BY, assert_same_totals, reported_totals, submitted_totals
 
     check = make_check(usage_endpoints=['completions', 'embeddings'], collect_costs=False)
     warm(check, clock, dd_run_check, runs=3)
-    original = EndpointCollector._diff_bucket
+    original = UsageSource._diff_bucket
 
-    def broken(self, result, start, *args):
+    def broken(self, reading, start, *args):
         # Fail half-way through the window, after some buckets were already compared.
-        if self.endpoint.name == 'completions' and start > clock.now() - 3 * H:
+        if self.name == 'completions' and start > clock.now() - 3 * H:
             raise TypeError('a shape nobody foresaw')
-        return original(self, result, start, *args)
+        return original(self, reading, start, *args)
 
-    monkeypatch.setattr(EndpointCollector, '_diff_bucket', broken)
+    monkeypatch.setattr(UsageSource, '_diff_bucket', broken)
     dd_run_check(check)
     assert any('completions: unexpected error (TypeError: a shape nobody foresaw)' in w for w in check.warnings)
     assert sim.requests_to('embeddings')[-1].status == 200
     assert only_status(aggregator).status == AgentCheck.WARNING
-    monkeypatch.setattr(EndpointCollector, '_diff_bucket', original)
+    monkeypatch.setattr(UsageSource, '_diff_bucket', original)
     warm(check, clock, dd_run_check, runs=3)
     now = clock.now() - 300
     group_by = DEFAULT_GROUP_BY['completions']
@@ -384,12 +388,18 @@ def test_contexts_is_the_number_of_distinct_metric_contexts_a_run_sent_per_endpo
 
 
 def test_series_whose_tags_come_out_the_same_count_as_one_context(
-    org, clock, sim, make_check, dd_run_check, aggregator
+    org, clock, sim, make_check, dd_run_check, aggregator, monkeypatch
 ):
     # As if two models' names normalised to one tag value: the Agent would merge their series into one context.
+    from datadog_checks.openai.tags import TagBuilder
+
     check = make_check(usage_endpoints=['completions'], collect_costs=False)
-    own = check.dimension_tags
-    check.dimension_tags = lambda dim, value: ('model:same',) if dim == 'model' else own(dim, value)
+    own = TagBuilder.dimension_tags
+    monkeypatch.setattr(
+        TagBuilder,
+        'dimension_tags',
+        lambda self, dim, value: ('model:same',) if dim == 'model' else own(self, dim, value),
+    )
     clock.advance(30 * H)
     warm(check, clock, dd_run_check, runs=3)
     results = []
@@ -402,4 +412,17 @@ def test_series_whose_tags_come_out_the_same_count_as_one_context(
     sent = {(name, frozenset(m.tags)) for name in endpoint_metrics for m in aggregator.metrics(name)}
     (result,) = results
     assert reported == len(sent) > 0
-    assert reported < len({(metric, key) for metric, _, key in result.counts})  # the series that merged count once
+    assert reported < len({(metric, key) for metric, _, _, key in result.counts})  # the series that merged count once
+
+
+def test_a_slow_project_listing_cannot_starve_the_usage_endpoints(clock, sim, make_check, dd_run_check, aggregator):
+    # Every projects listing rate limited with a long Retry-After, and retries allowed for a long time: names stop
+    # within their quarter of the time budget (60 of 240 s: one wait of 50 s, then the next would pass it).
+    sim.faults.add('projects', 429, count=None, retry_after=50)
+    check = make_check(usage_endpoints=['completions'], collect_costs=False, max_retries=10)
+    started = clock.now()
+    dd_run_check(check)
+    assert [r.status for r in sim.requests_to('projects')] == [429, 429]
+    assert clock.now() - started == 50
+    assert [r.status for r in sim.requests_to('completions')] == [200]
+    aggregator.assert_metric('openai.check.data_lag', 0, tags=['openai_account:test', 'endpoint:completions'])

@@ -1,5 +1,7 @@
 """Bad configuration fails at load time, with one clear message per problem."""
 
+from types import SimpleNamespace
+
 import pytest
 from datadog_checks.base import ConfigurationError
 
@@ -14,8 +16,21 @@ def load(**overrides):
     instance = {k: v for k, v in instance.items() if v is not None}
     check = OpenAICheck('openai', {}, [instance])
     check.load_configuration_models()
-    check.load_settings()
+    check.build()
+    check.settings = effective(check)
     return check
+
+
+def effective(check) -> SimpleNamespace:
+    """What the configuration made of the check: the sources it reads, with their group_by, and its options."""
+    return SimpleNamespace(
+        endpoints=tuple(s.name for s in check.sources),
+        group_by={s.name: s.group_by for s in check.sources},
+        bucket_width=check.config.bucket_width,
+        api_base_url=check.config.api_base_url,
+        resolve_user_emails=check.config.resolve_user_emails,
+        admin_api_key=check.config.admin_api_key,
+    )
 
 
 def problems(**overrides) -> str:

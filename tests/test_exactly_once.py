@@ -391,8 +391,9 @@ def test_after_many_runs_the_state_holds_only_the_re_read_window(org, clock, sim
     # A day more of runs left the completions state no larger (the traffic varies a little).
     assert sizes[1] < sizes[0] * 1.25, sizes
     # What the check keeps in memory is what it saved.
-    assert check.ledgers['completions'].horizon == horizons['completions']
-    assert sorted(check.ledgers['completions'].buckets) == sorted(int(s) for s in saved['completions']['buckets'])
+    (completions,) = [s for s in check.sources if s.name == 'completions']
+    assert completions.ledger.horizon == horizons['completions']
+    assert sorted(completions.ledger.buckets) == sorted(int(s) for s in saved['completions']['buckets'])
 
 
 def test_a_one_hour_revision_window_still_gets_every_revision(org, clock, sim, make_check, dd_run_check):

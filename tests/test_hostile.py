@@ -23,9 +23,8 @@ from datadog_checks.base.stubs import datadog_agent as _datadog_agent
 
 from datadog_checks.openai import OpenAICheck
 from datadog_checks.openai import client as client_module
-from datadog_checks.openai.collector import SEP
+from datadog_checks.openai.config_models import InstanceConfig
 from datadog_checks.openai.ledger import Ledger
-from datadog_checks.openai.settings import Settings
 from datadog_checks.openai.tags import MAX_TAG_LENGTH
 
 from .hostile import (
@@ -106,7 +105,7 @@ def make(hostile, fake, state, aggregator):
 
 
 def initialize(check) -> None:
-    """What the first run does before collecting: build the config models, then the settings."""
+    """What the first run does before collecting: build the config models, then what they decide."""
     while check.check_initializations:
         check.check_initializations.popleft()()
 
@@ -199,7 +198,7 @@ def everything_said(check, caplog, extra: str = '') -> str:
     parts += [f'{sc.message} {sc.tags}' for sc in statuses()]
     parts += all_tags()
     parts += [f'{k} {v}' for k, v in _datadog_agent._cache.items()]
-    parts += [repr(check.settings), str(check.settings), repr(check.scrubber)]
+    parts += [repr(check.config), str(check.config), repr(check.scrubber)]
     return '\n'.join(parts)
 
 
@@ -279,12 +278,12 @@ def test_the_local_runner_prints_no_key(status, form, output, hostile, state, tm
     assert_no_key('\n'.join([out, err, caplog.text, state_files]))
 
 
-def test_the_settings_repr_has_no_key(make):
+def test_the_configuration_repr_has_no_key(make):
     check = make()
     initialize(check)
-    assert isinstance(check.settings, Settings)
-    assert KEY not in repr(check.settings) and KEY not in str(check.settings)
-    assert check.settings.admin_api_key == KEY
+    assert isinstance(check.config, InstanceConfig)
+    assert KEY not in repr(check.config) and KEY not in str(check.config)
+    assert check.config.admin_api_key == KEY
 
 
 # -- 2. Bounded memory per response ----------------------------------------------------------------
@@ -565,6 +564,10 @@ def test_non_finite_usage_counts_are_malformed(stdlib_json, hostile, make, fake,
 # -- 7. Tag values as Datadog stores them, distinct ids distinct, no separator injection ---------------
 
 
+# The separator format 2 of the saved state joined a series key's values with.
+SEP = '\x1f'
+
+
 def test_a_separator_in_a_value_cannot_shift_dimensions(hostile, make, fake, dd_run_check, aggregator):
     tokens = [100]
 
@@ -589,7 +592,15 @@ def test_a_separator_in_a_value_cannot_shift_dimensions(hostile, make, fake, dd_
         30,
         tags=['openai_account:evil', 'user_id:user_b', 'api_key_id:key_b'],
     )
-    assert any('1 malformed rows' in w for w in check.warnings)
+    # A series key is a tuple of values: the separator is one more character of the user id, which keeps its key
+    # and, changed by the tag rules, a hash that keeps it apart from any `user_a_evil`.
+    [evil] = [
+        m for m in aggregator.metrics('openai.api.usage.completions.input_tokens') if 'api_key_id:key_a' in m.tags
+    ]
+    assert evil.value == 30
+    [user] = [t for t in evil.tags if t.startswith('user_id:')]
+    assert re.fullmatch(r'user_id:user_a_evil-[0-9a-f]{8}', user), user
+    assert not any('malformed' in w for w in check.warnings)
 
 
 ALLOWED_TAG = re.compile(r'[a-z][a-z0-9_:./-]*')
@@ -650,8 +661,8 @@ def corrupt(text: str, how: str) -> str:
         values[0].pop()
     elif how == 'bad index':
         next(iter(data['buckets'].values()))[0][0] = 99
-    elif how == 'separator in a key':
-        data['series'][0] += SEP + 'evil'
+    elif how == 'a value too many in a key':
+        data['series'][0].append('evil')
     elif how == 'buckets as a list':
         data['buckets'] = list(data['buckets'].values())
     elif how == 'nan':
@@ -667,7 +678,7 @@ CORRUPTIONS = [
     'string',
     'short row',
     'bad index',
-    'separator in a key',
+    'a value too many in a key',
     'buckets as a list',
     'nan',
     'not json',

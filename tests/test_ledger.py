@@ -6,18 +6,21 @@ simulator are in test_exactly_once.py.
 
 import json
 import re
-from types import SimpleNamespace
+from dataclasses import dataclass, field
 
 import pytest
 
-from datadog_checks.openai.catalogue import ENDPOINTS_BY_NAME
+from datadog_checks.openai.catalogue import ENDPOINTS_BY_NAME, MONTH_TO_DATE, PROJECT_MONTH_TO_DATE
 from datadog_checks.openai.client import BadResponse, TransientError
-from datadog_checks.openai.collector import SEP, EndpointCollector, month_start, plan_window
-from datadog_checks.openai.ledger import Ledger, shape_of
+from datadog_checks.openai.ledger import Change, Ledger, shape_of
+from datadog_checks.openai.sources import CostsSource, Run, StateStore, UsageSource
+from datadog_checks.openai.sources.usage import Windows, month_start
 
 H = 3600
-SETTINGS = SimpleNamespace(revision_window_hours=6, costs_revision_window_days=3, max_catch_up_hours=48)
+WINDOWS = Windows(revision_hours=6, catch_up_hours=48, costs_revision_days=3)
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
+# The separator format 2 of the saved state joined a key's values with.
+SEP = '\x1f'
 
 
 class PagesClient:
@@ -32,8 +35,81 @@ class PagesClient:
         self.queries.append(dict(params))
         for i, page in enumerate(self.pages):
             if self.fail_after is not None and i >= self.fail_after:
-                raise TransientError('rate limited', 429, endpoint)
+                raise TransientError('rate limited', 429)
             yield page
+
+
+class Collector:
+    """One endpoint's source, run against pages with a ledger given by the test, as the check runs it: collect,
+    then save and apply the change."""
+
+    def __init__(self, name, width, group_by, windows=WINDOWS):
+        endpoint = ENDPOINTS_BY_NAME[name]
+        self.state = {}
+        store = StateStore(self.state.get, self.state.__setitem__, True)
+        kind = CostsSource if name == 'costs' else UsageSource
+        self.source = kind(endpoint, width, group_by, windows, store, _Log())
+        self.endpoint = endpoint
+
+    def run(self, client, ledger, now):
+        self.source.ledger, self.source._loaded = ledger, True
+        outcome = self.source.collect(Run(client, now))
+        if outcome.change is not None:
+            self.source.save(outcome)
+            self.source.apply(outcome)
+        return Result(outcome, self.source)
+
+    def plan(self, ledger, now):
+        return self.source.plan(ledger, now)
+
+
+class _Log:
+    def info(self, *args):
+        pass
+
+
+@dataclass
+class Result:
+    outcome: object
+    source: object
+    counts: list = field(init=False)
+    gauges: list = field(init=False)
+
+    def __post_init__(self):
+        self.counts = [(name, value, key) for name, value, _, key in self.outcome.counts]
+        self.gauges = [
+            (name, value, key)
+            for name, value, _, key in self.outcome.gauges
+            if name not in (MONTH_TO_DATE.name, PROJECT_MONTH_TO_DATE.name)
+        ]
+
+    @property
+    def ledger(self):
+        return self.source.ledger
+
+    @property
+    def complete(self):
+        return self.outcome.complete
+
+    @property
+    def error(self):
+        return self.outcome.error
+
+    @property
+    def malformed(self):
+        return self.outcome.malformed
+
+    @property
+    def baseline(self):
+        return self.outcome.baseline
+
+    @property
+    def month_totals(self):
+        return {key[0]: v for name, v, _, key in self.outcome.gauges if name == MONTH_TO_DATE.name}
+
+    @property
+    def project_month_totals(self):
+        return {(key[1], key[0]): v for name, v, _, key in self.outcome.gauges if name == PROJECT_MONTH_TO_DATE.name}
 
 
 def bucket(start, *rows, width=H):
@@ -52,7 +128,7 @@ def row(model, input_tokens, output_tokens=0, requests=1, **extra):
 
 
 def completions():
-    return EndpointCollector(ENDPOINTS_BY_NAME['completions'], '1h', ('model',), SETTINGS)
+    return Collector('completions', '1h', ('model',))
 
 
 def totals(counts, only=None):
@@ -70,9 +146,9 @@ OUT = 'openai.api.usage.completions.output_tokens'
 def test_first_run_records_a_baseline_and_submits_nothing():
     c = completions()
     result = c.run(PagesClient([bucket(T0, row('gpt-4o', 100))]), None, T0 + 600)
-    assert result.window.baseline and result.complete
+    assert result.baseline and result.complete
     assert result.counts == []
-    assert result.ledger.buckets[T0]['gpt-4o'][:2] == (100, 0)
+    assert result.ledger.buckets[T0][('gpt-4o',)][:2] == (100, 0)
 
 
 def test_only_the_growth_of_a_revised_bucket_is_submitted():
@@ -82,8 +158,8 @@ def test_only_the_growth_of_a_revised_bucket_is_submitted():
         PagesClient([bucket(T0, row('gpt-4o', 250, 10)), bucket(T0 + H, row('gpt-4o', 7, 3))]), ledger, T0 + H + 60
     )
     got = totals(result.counts)
-    assert got[(IN, 'gpt-4o')] == 150 + 7
-    assert got[(OUT, 'gpt-4o')] == 3
+    assert got[(IN, ('gpt-4o',))] == 150 + 7
+    assert got[(OUT, ('gpt-4o',))] == 3
     # The unchanged output of the first bucket is not resubmitted.
     assert sum(1 for name, _, _ in result.counts if name == OUT) == 1
 
@@ -94,34 +170,34 @@ def test_a_field_missing_from_a_row_means_not_reported_not_zero():
     revised = row('m', 120)
     del revised['output_tokens']
     result = c.run(PagesClient([bucket(T0, revised)]), ledger, T0 + 120)
-    assert totals(result.counts, IN) == {(IN, 'm'): 20}
-    assert result.ledger.buckets[T0]['m'][1] == 40
+    assert totals(result.counts, IN) == {(IN, ('m',)): 20}
+    assert result.ledger.buckets[T0][('m',)][1] == 40
 
 
 def test_a_downward_revision_is_submitted_as_a_negative_count():
     c = completions()
     ledger = c.run(PagesClient([bucket(T0, row('m', 100))]), None, T0 + 60).ledger
     result = c.run(PagesClient([bucket(T0, row('m', 90))]), ledger, T0 + 120)
-    assert totals(result.counts, IN) == {(IN, 'm'): -10}
+    assert totals(result.counts, IN) == {(IN, ('m',)): -10}
 
 
 def test_rows_sharing_a_series_key_are_added_up():
     c = completions()
     ledger = c.run(PagesClient([bucket(T0)]), None, T0 + 60).ledger
     result = c.run(PagesClient([bucket(T0, row('m', 5), row('m', 6))]), ledger, T0 + 120)
-    assert totals(result.counts, IN)[(IN, 'm')] == 11
+    assert totals(result.counts, IN)[(IN, ('m',))] == 11
 
 
 def test_null_and_boolean_dimensions_make_distinct_series():
-    c = EndpointCollector(ENDPOINTS_BY_NAME['completions'], '1h', ('model', 'batch'), SETTINGS)
+    c = Collector('completions', '1h', ('model', 'batch'))
     ledger = c.run(PagesClient([bucket(T0)]), None, T0 + 60).ledger
     rows = [row('m', 1, batch=True), row('m', 2, batch=False), row('m', 4, batch=None), row(None, 8, batch=None)]
     got = totals(c.run(PagesClient([bucket(T0, *rows)]), ledger, T0 + 120).counts, IN)
     assert got == {
-        (IN, f'm{SEP}true'): 1,
-        (IN, f'm{SEP}false'): 2,
-        (IN, f'm{SEP}'): 4,
-        (IN, f'{SEP}'): 8,
+        (IN, ('m', 'true')): 1,
+        (IN, ('m', 'false')): 2,
+        (IN, ('m', '')): 4,
+        (IN, ('', '')): 8,
     }
 
 
@@ -132,34 +208,34 @@ def test_a_failed_page_keeps_what_was_processed_and_does_not_advance_the_horizon
     pages = ([bucket(T0, row('m', 10))], [bucket(T0 + H, row('m', 20))])
     result = c.run(PagesClient(*pages, fail_after=1), ledger, T0 + H + 60)
     assert not result.complete and isinstance(result.error, TransientError)
-    assert totals(result.counts, IN) == {(IN, 'm'): 10}
+    assert totals(result.counts, IN) == {(IN, ('m',)): 10}
     assert ledger.horizon == horizon
     # The next run re-reads both buckets and submits only what the first attempt did not.
     result = c.run(PagesClient(*pages), ledger, T0 + H + 120)
-    assert totals(result.counts, IN) == {(IN, 'm'): 20}
+    assert totals(result.counts, IN) == {(IN, ('m',)): 20}
 
 
 def test_after_an_outage_the_window_starts_where_the_last_complete_read_stopped():
     c = completions()
     ledger = c.run(PagesClient([bucket(T0)]), None, T0 + 60).ledger
-    window = plan_window(c.endpoint, '1h', SETTINGS, ledger, T0 + 30 * H)
+    window = c.plan(ledger, T0 + 30 * H)
     assert window.read_start == ledger.horizon and window.lost is None
-    window = plan_window(c.endpoint, '1h', SETTINGS, ledger, T0 + 100 * H)
+    window = c.plan(ledger, T0 + 100 * H)
     assert window.lost == (ledger.horizon, T0 + 52 * H)
     assert window.read_start == T0 + 52 * H
 
 
 def test_costs_window_reaches_back_to_the_first_of_the_month():
-    costs = ENDPOINTS_BY_NAME['costs']
+    costs = Collector('costs', '1d', ('project_id', 'line_item'))
     now = T0 + 20 * 86400 + 5 * H
-    window = plan_window(costs, '1d', SETTINGS, None, now)
+    window = costs.plan(None, now)
     assert window.read_start == month_start(now) == T0
     early = T0 + 86400 + H  # 2 January: three days back reaches into December
-    assert plan_window(costs, '1d', SETTINGS, None, early).read_start == T0 - 2 * 86400
+    assert costs.plan(None, early).read_start == T0 - 2 * 86400
 
 
 def test_costs_string_amounts_currency_and_month_to_date():
-    c = EndpointCollector(ENDPOINTS_BY_NAME['costs'], '1d', ('project_id', 'line_item'), SETTINGS)
+    c = Collector('costs', '1d', ('project_id', 'line_item'))
 
     def cost(project, item, value):
         return {
@@ -177,43 +253,46 @@ def test_costs_string_amounts_currency_and_month_to_date():
     result = c.run(PagesClient([december, day1b, day2]), ledger, T0 + 86400 + H)
     got = totals(result.counts)
     assert got == {
-        ('openai.api.costs.amount', SEP.join(['p1', 'gpt-4o, input', 'usd'])): pytest.approx(0.5),
-        ('openai.api.costs.amount', SEP.join(['p2', 'gpt-4o, output', 'usd'])): 2,
+        ('openai.api.costs.amount', tuple(['p1', 'gpt-4o, input', 'usd'])): pytest.approx(0.5),
+        ('openai.api.costs.amount', tuple(['p2', 'gpt-4o, output', 'usd'])): 2,
     }
     assert result.month_totals == {'usd': pytest.approx(1.75 + 0.5 + 2)}
     assert result.project_month_totals == {('usd', 'p1'): pytest.approx(1.75), ('usd', 'p2'): pytest.approx(2.5)}
 
 
 def test_vector_store_bytes_are_a_level_taken_from_the_newest_bucket():
-    c = EndpointCollector(ENDPOINTS_BY_NAME['vector_stores'], '1h', ('project_id',), SETTINGS)
+    c = Collector('vector_stores', '1h', ('project_id',))
 
     def vs(project, size):
         return {'object': 'organization.usage.vector_stores.result', 'usage_bytes': size, 'project_id': project}
 
     result = c.run(PagesClient([bucket(T0, vs('p1', 10), vs('p2', 5)), bucket(T0 + H, vs('p1', 30))]), None, T0 + H + 1)
     assert sorted(result.gauges) == [
-        ('openai.api.usage.vector_stores.usage_bytes', 5, 'p2'),
-        ('openai.api.usage.vector_stores.usage_bytes', 30, 'p1'),
+        ('openai.api.usage.vector_stores.usage_bytes', 5, ('p2',)),
+        ('openai.api.usage.vector_stores.usage_bytes', 30, ('p1',)),
     ]
     assert result.counts == []
 
 
 def test_code_interpreter_reads_the_older_sessions_field():
-    c = EndpointCollector(ENDPOINTS_BY_NAME['code_interpreter_sessions'], '1h', ('project_id',), SETTINGS)
+    c = Collector('code_interpreter_sessions', '1h', ('project_id',))
     ledger = c.run(PagesClient([bucket(T0)]), None, T0 + 1).ledger
     old = {'object': 'organization.usage.code_interpreter_sessions.result', 'sessions': 3, 'project_id': 'p'}
     new = {'object': 'organization.usage.code_interpreter_sessions.result', 'num_sessions': 5, 'project_id': 'p'}
     result = c.run(PagesClient([bucket(T0, old)]), ledger, T0 + 2)
     result2 = c.run(PagesClient([bucket(T0, new)]), ledger, T0 + 3)
     metric = 'openai.api.usage.code_interpreter_sessions.num_sessions'
-    assert result.counts == [(metric, 3, 'p')] and result2.counts == [(metric, 2, 'p')]
+    assert result.counts == [(metric, 3, ('p',))] and result2.counts == [(metric, 2, ('p',))]
 
 
 def test_the_ledger_round_trips_and_forgets_buckets_behind_the_horizon():
-    ledger = Ledger('1h|model|a,b', T0, T0 + 5.5, {T0: {'m': (1, None)}, T0 + H: {'m': (2, 3), 'n': (None, 4)}})
-    again = Ledger.loads(ledger.dumps())
-    assert again == ledger and ledger.distinct_series == 2
-    again.prune(T0 + H)
+    ledger = Ledger(
+        '1h|model|a,b', T0, T0 + 5.5, {T0: {('m',): (1, None)}, T0 + H: {('m',): (2, 3), ('n',): (None, 4)}}
+    )
+    text, series = ledger.dumps()
+    again = Ledger.loads(text)
+    assert again == ledger and series == 2
+    again.apply(Change(T0 + H, T0 + 6.5))
     assert list(again.buckets) == [T0 + H] and again.horizon == T0 + H
     with pytest.raises(ValueError):
         Ledger.loads('{"v": 99}')
@@ -228,9 +307,9 @@ def test_the_ledger_round_trips_and_forgets_buckets_behind_the_horizon():
 
 def test_a_changed_group_by_starts_a_new_baseline():
     ledger = completions().run(PagesClient([bucket(T0, row('m', 1))]), None, T0 + 60).ledger
-    other = EndpointCollector(ENDPOINTS_BY_NAME['completions'], '1h', ('model', 'project_id'), SETTINGS)
+    other = Collector('completions', '1h', ('model', 'project_id'))
     result = other.run(PagesClient([bucket(T0, row('m', 5, project_id='p'))]), ledger, T0 + 120)
-    assert result.window.baseline and result.counts == []
+    assert result.baseline and result.counts == []
 
 
 def _state(**changes):
@@ -291,10 +370,10 @@ def test_a_damaged_state_is_refused_with_its_reason(text, reason):
 def test_the_largest_figures_and_fieldless_shapes_are_read_back():
     # 2**53 is the largest figure a state may hold (and the collector may submit).
     ledger = Ledger.loads(_state(buckets=_bucket([0, 1], [[2**53, 0], [None, 0.5]])))
-    assert ledger.buckets[T0] == {'m': (2**53, 0), 'n': (None, 0.5)}
+    assert ledger.buckets[T0] == {('m',): (2**53, 0), ('n',): (None, 0.5)}
     # An endpoint of levels tracks no field: its rows are empty.
-    levels = Ledger('1h|project_id|', T0, T0 + 1.0, {T0: {'p': ()}})
-    assert Ledger.loads(levels.dumps()) == levels
+    levels = Ledger('1h|project_id|', T0, T0 + 1.0, {T0: {('p',): ()}})
+    assert Ledger.loads(levels.dumps()[0]) == levels
 
 
 def test_the_shape_of_a_saved_state_is_stable_across_versions():
@@ -312,9 +391,9 @@ def test_a_changed_series_after_an_unchanged_one_in_the_same_bucket_is_submitted
     c = completions()
     ledger = c.run(PagesClient([bucket(T0, row('a', 10), row('b', 20), row('c', 30))]), None, T0 + 60).ledger
     result = c.run(PagesClient([bucket(T0, row('a', 10), row('b', 25), row('c', 30))]), ledger, T0 + 120)
-    assert totals(result.counts, IN) == {(IN, 'b'): 5}
+    assert totals(result.counts, IN) == {(IN, ('b',)): 5}
     result = c.run(PagesClient([bucket(T0, row('a', 10), row('b', 25), row('c', 31))]), ledger, T0 + 180)
-    assert totals(result.counts, IN) == {(IN, 'c'): 1}
+    assert totals(result.counts, IN) == {(IN, ('c',)): 1}
 
 
 def test_a_field_reported_for_the_first_time_is_submitted_whole():
@@ -322,9 +401,9 @@ def test_a_field_reported_for_the_first_time_is_submitted_whole():
     first = row('m', 100)
     del first['output_tokens']
     ledger = c.run(PagesClient([bucket(T0, first)]), None, T0 + 60).ledger
-    assert ledger.buckets[T0]['m'][1] is None
+    assert ledger.buckets[T0][('m',)][1] is None
     result = c.run(PagesClient([bucket(T0, row('m', 100, 40))]), ledger, T0 + 120)
-    assert totals(result.counts) == {(OUT, 'm'): 40}
+    assert totals(result.counts) == {(OUT, ('m',)): 40}
 
 
 @pytest.mark.parametrize('flag', [True, False])
@@ -333,8 +412,8 @@ def test_a_boolean_figure_is_not_a_number(flag):
     ledger = c.run(PagesClient([bucket(T0, row('m', 100, 40))]), None, T0 + 60).ledger
     result = c.run(PagesClient([bucket(T0, row('m', flag, 41))]), ledger, T0 + 120)
     # Not reported (True is not 1 token, False not 0): what was submitted stands.
-    assert totals(result.counts) == {(OUT, 'm'): 1}
-    assert ledger.buckets[T0]['m'][:2] == (100, 41)
+    assert totals(result.counts) == {(OUT, ('m',)): 1}
+    assert ledger.buckets[T0][('m',)][:2] == (100, 41)
 
 
 def test_the_largest_figure_is_accepted_and_one_beyond_it_is_malformed():
@@ -342,9 +421,9 @@ def test_the_largest_figure_is_accepted_and_one_beyond_it_is_malformed():
     c = completions()
     ledger = c.run(PagesClient([bucket(T0)]), None, T0 + 60).ledger
     result = c.run(PagesClient([bucket(T0, row('m', 2**53), row('n', 2**53 + 2))]), ledger, T0 + 120)
-    assert totals(result.counts, IN) == {(IN, 'm'): 2**53}
+    assert totals(result.counts, IN) == {(IN, ('m',)): 2**53}
     assert result.malformed == 1
-    Ledger.loads(ledger.dumps())
+    Ledger.loads(ledger.dumps()[0])
 
 
 def test_malformed_rows_and_buckets_are_counted_across_a_read_and_spare_the_rest():
@@ -355,11 +434,13 @@ def test_malformed_rows_and_buckets_are_counted_across_a_read_and_spare_the_rest
         {'object': 'bucket', 'start_time': None, 'results': [row('m', 1000)]},  # 1: no start time
         bucket(before_window, row('m', 1000)),  # 2: older than the window read
         bucket(T0, 'not a row', 7, row('m', -5), row('n', 1)),  # 3, 4, 5
-        bucket(T0 + H, ['a', 'list'], row(f'a{SEP}b', 1), row('m', 2)),  # 6, 7: a separator in a value
+        bucket(T0 + H, ['a', 'list'], row(f'a{SEP}b', 1), row('m', 2)),  # 6
     ]
     result = c.run(PagesClient(page), ledger, T0 + H + 120)
-    assert result.complete and result.malformed == 7
-    assert totals(result.counts, IN) == {(IN, 'n'): 1, (IN, 'm'): 2}
+    assert result.complete and result.malformed == 6
+    # A value holding what format 2 of the state used as a separator is a value like any other: a key is a tuple.
+    assert totals(result.counts, IN) == {(IN, ('n',)): 1, (IN, ('m',)): 2, (IN, (f'a{SEP}b',)): 1}
+    assert Ledger.loads(ledger.dumps()[0]).buckets[T0 + H][(f'a{SEP}b',)][0] == 1
     assert before_window not in ledger.buckets
 
 
@@ -372,11 +453,11 @@ def test_a_bucket_without_results_fails_the_page():
     assert result.error.message == (
         'OpenAI sent a malformed bucket for /organization/usage/completions; the page was not used.'
     )
-    assert (result.error.status, result.error.endpoint) == (200, 'completions')
+    assert (result.error.status, result.outcome.source) == (200, 'completions')
 
 
 def test_malformed_levels_are_counted_and_spare_the_other_series():
-    c = EndpointCollector(ENDPOINTS_BY_NAME['vector_stores'], '1h', ('project_id',), SETTINGS)
+    c = Collector('vector_stores', '1h', ('project_id',))
 
     def vs(project, size):
         return {'object': 'organization.usage.vector_stores.result', 'usage_bytes': size, 'project_id': project}
@@ -385,8 +466,8 @@ def test_malformed_levels_are_counted_and_spare_the_other_series():
     result = c.run(PagesClient([bucket(T0, *rows), bucket(T0 + H, 'junk')]), None, T0 + H + 1)
     assert result.malformed == 4
     assert sorted(result.gauges) == [
-        ('openai.api.usage.vector_stores.usage_bytes', 5, 'p2'),
-        ('openai.api.usage.vector_stores.usage_bytes', 6, 'p4'),
+        ('openai.api.usage.vector_stores.usage_bytes', 5, ('p2',)),
+        ('openai.api.usage.vector_stores.usage_bytes', 6, ('p4',)),
     ]
 
 
@@ -397,28 +478,30 @@ def test_rows_sharing_a_series_key_add_up_the_fields_each_reports():
     del first['num_model_requests'], second['output_tokens']
     result = c.run(PagesClient([bucket(T0, first, second)]), ledger, T0 + 120)
     REQ = 'openai.api.usage.completions.num_model_requests'
-    assert totals(result.counts) == {(IN, 'm'): 11, (OUT, 'm'): 3, (REQ, 'm'): 1}
+    assert totals(result.counts) == {(IN, ('m',)): 11, (OUT, ('m',)): 3, (REQ, ('m',)): 1}
 
 
 def test_a_changed_bucket_width_starts_a_new_baseline():
     ledger = completions().run(PagesClient([bucket(T0, row('m', 1))]), None, T0 + 60).ledger
-    minutes = EndpointCollector(ENDPOINTS_BY_NAME['completions'], '1m', ('model',), SETTINGS)
+    minutes = Collector('completions', '1m', ('model',))
     result = minutes.run(PagesClient([bucket(T0, row('m', 5), width=60)]), ledger, T0 + 120)
-    assert result.window.baseline and result.counts == []
+    assert result.baseline and result.counts == []
 
 
 def test_the_window_on_bucket_boundaries():
     c = completions()
     # On the hour, six hours back is a bucket boundary itself: not one bucket further.
-    assert plan_window(c.endpoint, '1h', SETTINGS, None, T0 + 6 * H).read_start == T0
-    one_hour = SimpleNamespace(revision_window_hours=1, costs_revision_window_days=3, max_catch_up_hours=48)
-    assert plan_window(c.endpoint, '1h', one_hour, None, T0 + H).read_start == T0
-    costs = ENDPOINTS_BY_NAME['costs']
+    assert c.plan(None, T0 + 6 * H).read_start == T0
+    one_hour = Collector(
+        'completions', '1h', ('model',), Windows(revision_hours=1, catch_up_hours=48, costs_revision_days=3)
+    )
+    assert one_hour.plan(None, T0 + H).read_start == T0
+    costs = Collector('costs', '1d', ('project_id', 'line_item'))
     # 3 February: three days back is before the first of the month.
-    assert plan_window(costs, '1d', SETTINGS, None, T0 + 33 * 86400).read_start == T0 + 30 * 86400
+    assert costs.plan(None, T0 + 33 * 86400).read_start == T0 + 30 * 86400
     # Away exactly max_catch_up_hours: nothing lost.
     ledger = c.run(PagesClient([bucket(T0)]), None, T0 + 6 * H).ledger
-    window = plan_window(c.endpoint, '1h', SETTINGS, ledger, ledger.horizon + 48 * H)
+    window = c.plan(ledger, ledger.horizon + 48 * H)
     assert window.read_start == ledger.horizon and window.lost is None and not window.baseline
 
 
@@ -427,7 +510,7 @@ def _cost(project, amount):
 
 
 def test_a_cost_without_a_usable_amount_is_not_reported_and_spares_the_rest():
-    c = EndpointCollector(ENDPOINTS_BY_NAME['costs'], '1d', ('project_id', 'line_item'), SETTINGS)
+    c = Collector('costs', '1d', ('project_id', 'line_item'))
     ledger = c.run(PagesClient([bucket(T0, width=86400)]), None, T0 + H).ledger
     rows = [
         _cost('p0', {'value': None, 'currency': 'usd'}),
@@ -439,8 +522,55 @@ def test_a_cost_without_a_usable_amount_is_not_reported_and_spares_the_rest():
     result = c.run(PagesClient([bucket(T0, *rows, width=86400)]), ledger, T0 + 2 * H)
     assert result.complete
     assert totals(result.counts) == {
-        ('openai.api.costs.amount', SEP.join(['p3', 'x', 'usd'])): 2.0,
-        ('openai.api.costs.amount', SEP.join(['p4', 'x', ''])): 0.25,
+        ('openai.api.costs.amount', tuple(['p3', 'x', 'usd'])): 2.0,
+        ('openai.api.costs.amount', tuple(['p4', 'x', ''])): 0.25,
     }
     assert result.month_totals == {'usd': 2.25}
     assert result.project_month_totals == {('usd', 'p3'): 2.0, ('usd', 'p4'): 0.25}
+
+
+def _state3(**changes):
+    """The same state in format 3, each series key a list of its dimension values."""
+    state = json.loads(_state(v=3, series=[['m'], ['n']]))
+    state.update(changes)
+    return json.dumps(state)
+
+
+@pytest.mark.parametrize(
+    'text, reason',
+    [
+        (_state3(series=[['m'], 'n']), 'bad series keys'),
+        (_state3(series=[['m'], [7]]), 'bad series keys'),
+        (_state3(series=[['m'], ['m']]), 'bad series keys'),
+        (_state3(series=[['m'], ['n', 'x']]), 'bad series keys'),
+        (_state3(buckets=_bucket([0], [[-1, 2]])), 'bad value row'),
+    ],
+)
+def test_a_damaged_state_of_format_3_is_refused_with_its_reason(text, reason):
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        Ledger.loads(text)
+
+
+def test_a_state_saved_by_the_previous_version_is_read_and_the_next_run_goes_on_from_it():
+    # Format 2, as version 0.2.0 wrote it: a key's values joined with a separator, a null dimension as ''.
+    c = Collector('completions', '1h', ('model', 'batch'))
+    fields = [f.name for f in ENDPOINTS_BY_NAME['completions'].flows]
+    saved = {
+        'v': 2,
+        'shape': shape_of('1h', ('model', 'batch'), fields),
+        'horizon': T0,
+        'read_at': T0 + 60.0,
+        'series': [f'm{SEP}true', f'm{SEP}'],
+        'buckets': {str(T0): [[0, 1], [[100, 10, 1] + [None] * 12, [7, 0, 1] + [None] * 12]]},
+    }
+    ledger = Ledger.loads(json.dumps(saved))
+    assert set(ledger.buckets[T0]) == {('m', 'true'), ('m', '')}
+    rows = [row('m', 130, 10, batch=True), row('m', 7, 0, batch=None)]
+    result = c.run(PagesClient([bucket(T0, *rows)]), ledger, T0 + 360)
+    # Not a new baseline: only the growth since the old version's last run is submitted.
+    assert not result.baseline
+    assert totals(result.counts) == {(IN, ('m', 'true')): 30}
+    # Saved again in the current format, which reads back to the same ledger.
+    text = c.state['ledger_completions']
+    assert json.loads(text)['v'] == 3 and json.loads(text)['series'] == [['m', 'true'], ['m', '']]
+    assert Ledger.loads(text) == result.ledger

@@ -8,7 +8,7 @@ these endpoints. Adding an endpoint that OpenAI ships later means adding one ent
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 INTEGRATION = 'openai'
@@ -71,7 +71,6 @@ class Endpoint:
     # group_by values the published spec allows but the live API has been seen to refuse with a 400.
     refused_group_by: tuple[str, ...] = ()
     description: str = ''
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def metric_prefix(self) -> str:
@@ -89,10 +88,6 @@ class Endpoint:
     @property
     def levels(self) -> tuple[Field, ...]:
         return tuple(f for f in self.fields if f.kind == LEVEL)
-
-    @property
-    def bucket_widths(self) -> tuple[str, ...]:
-        return tuple(self.max_limit)
 
 
 def _tok(name: str, what: str) -> Field:
@@ -254,7 +249,6 @@ class Metric:
     description: str
     per_unit: str = ''
     orientation: int = 0
-    short_name: str = ''
 
 
 def _health(name, type_, unit, description, orientation=0, per_unit=''):
@@ -369,7 +363,7 @@ def metadata_rows() -> list[dict]:
             'description': m.description,
             'orientation': str(m.orientation),
             'integration': INTEGRATION,
-            'short_name': m.short_name or m.name.split('.', 2)[-1].replace('.', ' ').replace('_', ' '),
+            'short_name': m.name.split('.', 2)[-1].replace('.', ' ').replace('_', ' '),
             'curated_metric': '',
             'sample_tags': '',
         }

@@ -7,12 +7,13 @@ limited gives up cleanly before the next run is due instead of piling up behind 
 
 from __future__ import annotations
 
+import copy
 import time
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import requests
 import urllib3
@@ -48,12 +49,13 @@ class ApiError(Exception):
 
     retryable = False
 
-    def __init__(self, message: str, status: int | None = None, endpoint: str = '', body: Any = None):
+    def __init__(self, message: str, status: int | None = None, recorded_as: str | None = None):
         super().__init__(message)
         self.message = message
         self.status = status
-        self.endpoint = endpoint
-        self.body = body
+        # The status the request counts under in openai.check.api.requests when it is not the HTTP one
+        # (a timeout, a body cut off).
+        self.recorded_as = recorded_as
 
 
 class AuthError(ApiError):
@@ -63,17 +65,16 @@ class AuthError(ApiError):
 class RequestRefused(ApiError):
     """400 and other 4xx: the request itself is wrong; repeating it cannot help."""
 
-    @property
-    def error(self) -> dict:
-        body = self.body if isinstance(self.body, dict) else {}
-        err = body.get('error')
-        return err if isinstance(err, dict) else {}
-
 
 class TransientError(ApiError):
     """429, 5xx, timeouts and network errors that outlasted the retries or the time budget."""
 
     retryable = True
+
+    def __init__(self, message: str, status: int | None = None, recorded_as: str | None = None, retry_after=None):
+        super().__init__(message, status, recorded_as)
+        # Seconds OpenAI asked to wait (a 429's Retry-After), else None: the client backs off on its own.
+        self.retry_after = retry_after
 
 
 class BadResponse(ApiError):
@@ -100,15 +101,18 @@ class TimeBudget:
     def remaining(self) -> float:
         return max(0.0, self.deadline - self._monotonic())
 
+    def share(self, fraction: float) -> 'TimeBudget':
+        """A budget of `fraction` of what is left, drawn from this one."""
+        return TimeBudget(self.remaining() * fraction, self._monotonic)
+
 
 @dataclass
 class RequestStats:
     """What the run's requests did, for the check's own health metrics."""
 
-    calls: dict = field(default_factory=lambda: defaultdict(int))  # (endpoint, status) -> n
-    latency: dict = field(default_factory=lambda: defaultdict(list))  # endpoint -> [seconds]
-    retries: dict = field(default_factory=lambda: defaultdict(int))  # (endpoint, reason) -> n
-    bytes: int = 0
+    calls: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))  # (endpoint, status)
+    latency: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # endpoint -> seconds
+    retries: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))  # (endpoint, reason)
     rate_limited: bool = False
 
 
@@ -191,10 +195,12 @@ class OpenAIClient:
         base_url: str,
         budget: TimeBudget,
         max_retries: int,
+        timeouts: tuple[float, float],
         log,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         scrubber: Scrubber | None = None,
+        stats: RequestStats | None = None,
     ):
         self.http = http
         self.scrubber = scrubber or Scrubber()
@@ -202,10 +208,18 @@ class OpenAIClient:
         self.base_url = base_url.rstrip('/')
         self.budget = budget
         self.max_retries = max_retries
+        # (connect, read): the configured `connect_timeout`/`read_timeout`, else `timeout`, for each wait.
+        self.timeouts = timeouts
         self.log = log
         self.sleep = sleep
         self.monotonic = monotonic
-        self.stats = RequestStats()
+        self.stats = stats or RequestStats()
+
+    def within(self, fraction: float) -> 'OpenAIClient':
+        """This client, limited to `fraction` of what is left of the run's time budget (same statistics)."""
+        client = copy.copy(self)
+        client.budget = self.budget.share(fraction)
+        return client
 
     # -- one request ---------------------------------------------------------------------------
 
@@ -227,7 +241,6 @@ class OpenAIClient:
                         f'{e.message} Not retried: the wait ({wait:.0f}s) exceeds what is left of the '
                         f'run\'s time budget ({self.budget.remaining():.0f}s); the next run resumes.',
                         e.status,
-                        endpoint,
                     ) from e
                 attempt += 1
                 self.stats.retries[(endpoint, _reason(e))] += 1
@@ -237,173 +250,75 @@ class OpenAIClient:
     def _get_once(self, path: str, params: list[tuple[str, Any]], endpoint: str) -> dict:
         remaining = self.budget.remaining()
         if remaining <= 0:
-            raise TransientError('The run\'s time budget is spent; the next run resumes.', None, endpoint)
-        connect, read = self.http.options.get('timeout') or (10, 10)
+            raise TransientError('The run\'s time budget is spent; the next run resumes.')
+        connect, read = self.timeouts
         timeout = (min(connect or remaining, remaining), min(read or remaining, remaining))
         started = self.monotonic()
         # `timeout` bounds each wait for bytes; the deadline bounds the whole response, so that a server
         # sending a byte now and then cannot hold the run past its budget.
         deadline = started + remaining
+        response = self._send(path, params, endpoint, timeout, started)
+        status = response.status_code
+        try:
+            if 300 <= status < 400:
+                raise self._redirected(path, status, response)
+            content = BodyReader(self, response, path, endpoint, status).read(deadline, timeout[1])
+        except ApiError as e:
+            self._record(endpoint, e.recorded_as or str(status), started)
+            raise
+        finally:
+            response.close()
+        self._record(endpoint, str(status), started)
+        if status == 200:
+            return self._decode(content, path)
+        raise self._refusal(path, status, content, response)
+
+    def _send(self, path: str, params, endpoint: str, timeout: tuple[float, float], started: float):
         try:
             # Streamed, to bound what is read; never redirected: the Admin API does not redirect, and the
             # other host's answer is not OpenAI's data.
-            response = self.http.get(
-                f'{self.base_url}{path}',
-                params=params,
-                timeout=timeout,
-                persist=True,
-                stream=True,
-                allow_redirects=False,
+            return self.http.get(
+                f'{self.base_url}{path}', params=params, timeout=timeout, stream=True, allow_redirects=False
             )
         except requests.Timeout as e:
             self._record(endpoint, 'timeout', started)
-            raise TransientError(f'OpenAI did not answer {path} within {timeout[1]:.0f}s.', None, endpoint) from e
+            raise TransientError(f'OpenAI did not answer {path} within {timeout[1]:.0f}s.') from e
         except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as e:
             self._record(endpoint, 'truncated', started)
             raise BadResponse(
-                f'The response from {path} was cut off before its end; a proxy or the network dropped it.',
-                None,
-                endpoint,
+                f'The response from {path} was cut off before its end; a proxy or the network dropped it.'
             ) from e
         except requests.RequestException as e:
             self._record(endpoint, 'network_error', started)
             raise TransientError(
                 f'Cannot reach {self.base_url}: {type(e).__name__}. Check api_base_url, DNS, the proxy '
-                f'settings and that the Agent host may reach it.',
-                None,
-                endpoint,
+                f'settings and that the Agent host may reach it.'
             ) from e
 
-        status = response.status_code
-        try:
-            if 300 <= status < 400:
-                location = urlsplit(self.scrubber.detail(response.headers.get('Location') or '', 200))
-                target = f'{location.scheme}://{location.netloc}' if location.netloc else 'another address'
-                raise UnusableResponse(
-                    f'{path} was redirected ({status}) to {target}; the check does not follow redirects, since '
-                    f'the OpenAI Administration API never sends one: point api_base_url at the final address, or '
-                    f'check the proxy or gateway in between.',
-                    status,
-                    endpoint,
-                )
-            content = self._read_body(response, path, endpoint, status, deadline, timeout[1])
-        except ApiError as e:
-            self._record(endpoint, getattr(e, 'recorded_as', None) or str(status), started)
-            raise
-        finally:
-            response.close()
-        self._record(endpoint, str(status), started)
-        self.stats.bytes += len(content)
-        if status == 200:
-            return self._decode(content, path, endpoint)
+    def _redirected(self, path: str, status: int, response) -> ApiError:
+        location = urlsplit(self.scrubber.detail(response.headers.get('Location') or '', 200))
+        target = f'{location.scheme}://{location.netloc}' if location.netloc else 'another address'
+        return UnusableResponse(
+            f'{path} was redirected ({status}) to {target}; the check does not follow redirects, since '
+            f'the OpenAI Administration API never sends one: point api_base_url at the final address, or '
+            f'check the proxy or gateway in between.',
+            status,
+        )
 
+    def _refusal(self, path: str, status: int, content: bytes, response) -> ApiError:
+        """The error an answer other than 200 stands for, with OpenAI's message (scrubbed) when it sent one."""
         body = self._try_decode(content)
         detail = self.scrubber.detail(_error_message(body)) or self._snippet(content)
         if status in (401, 403):
-            raise AuthError(
-                f'OpenAI refused the key with {status} on {path} ({detail}). {ADMIN_KEY_HELP}',
-                status,
-                endpoint,
-                body,
-            )
+            return AuthError(f'OpenAI refused the key with {status} on {path} ({detail}). {ADMIN_KEY_HELP}', status)
         if status == 429:
             self.stats.rate_limited = True
-            err = TransientError(f'OpenAI rate limited {path} (429: {detail}).', status, endpoint, body)
-            err.retry_after = _retry_after(response)
-            raise err
+            return TransientError(
+                f'OpenAI rate limited {path} (429: {detail}).', status, retry_after=_retry_after(response)
+            )
         if status >= 500:
-            raise TransientError(f'OpenAI answered {status} on {path} ({detail}).', status, endpoint, body)
-        raise RequestRefused(f'OpenAI refused the request to {path} with {status}: {detail}', status, endpoint, body)
-
-    def _read_body(
-        self, response, path: str, endpoint: str, status: int, deadline: float, read_timeout: float
-    ) -> bytearray:
-        """The body, decompressed, read a piece at a time within the deadline and the size limit.
-
-        A 200 over the limit is refused whole; an error answer is cut at MAX_ERROR_BODY_BYTES, which
-        keeps its message."""
-        page = status == 200
-        limit = self.max_response_bytes if page else MAX_ERROR_BODY_BYTES
-        too_large = UnusableResponse(
-            f'The response to {path} is larger than the {limit / 2**20:.0f} MiB the check reads from one '
-            f'response; it was not used. A page that large holds too many series per bucket: narrow group_by '
-            f'for {endpoint}, or, after an outage, lower max_catch_up_hours (fewer buckets per page).',
-            status,
-            endpoint,
-        )
-        declared = response.headers.get('Content-Length') or ''
-        if page and declared.isdigit() and int(declared) > limit:
-            raise too_large
-        try:
-            inflater = _inflater(response.headers.get('Content-Encoding'))
-        except ValueError:
-            raise UnusableResponse(
-                f'OpenAI sent {path} in an encoding the check does not read '
-                f'({self.scrubber.detail(response.headers.get("Content-Encoding"), 40)}); it asks for '
-                f'{ACCEPT_ENCODING}. A proxy in between may be re-encoding responses.',
-                status,
-                endpoint,
-            ) from None
-        raw = response.raw
-        read = getattr(raw, 'read1', None) or raw.read
-        sock = _socket_of(raw)
-        body = bytearray()
-        received = 0
-        try:
-            while True:
-                left = deadline - self.monotonic()
-                if left <= 0:
-                    raise DeadlineExceeded(
-                        f'OpenAI was still sending {path} when the run\'s time budget ran out ({received} bytes '
-                        f'received); the next run resumes.',
-                        status,
-                        endpoint,
-                    )
-                if sock is not None:
-                    sock.settimeout(max(0.01, min(read_timeout or left, left)))
-                chunk = read(READ_CHUNK, decode_content=False)
-                if not chunk:
-                    break
-                received += len(chunk)
-                if inflater is None:
-                    body += chunk
-                else:
-                    inflater.feed(chunk, body, limit)
-                if len(body) > limit or received > limit:
-                    if page:
-                        raise too_large
-                    break
-            if inflater is not None and len(body) <= limit:
-                inflater.finish(body, limit)
-        except (urllib3.exceptions.TimeoutError, TimeoutError) as e:
-            if deadline - self.monotonic() <= 0:
-                raise DeadlineExceeded(
-                    f'OpenAI was still sending {path} when the run\'s time budget ran out ({received} bytes '
-                    f'received); the next run resumes.',
-                    status,
-                    endpoint,
-                ) from e
-            err = TransientError(f'OpenAI did not answer {path} within {read_timeout:.0f}s.', None, endpoint)
-            err.recorded_as = 'timeout'
-            raise err from e
-        except (urllib3.exceptions.HTTPError, OSError, zlib.error) as e:
-            if not page:
-                return body  # what arrived of an error answer still tells its status
-            err = BadResponse(
-                f'The response from {path} was cut off before its end; a proxy or the network dropped it.',
-                None,
-                endpoint,
-            )
-            err.recorded_as = 'truncated'
-            raise err from e
-        if page and self.scrubber.contains_secret(body):
-            raise UnusableResponse(
-                f'The response to {path} contains the admin key the check sent, so something between the Agent '
-                f'and OpenAI echoes request headers; it was not used. Check api_base_url and the proxy.',
-                status,
-                endpoint,
-            )
-        return body
+            return TransientError(f'OpenAI answered {status} on {path} ({detail}).', status)
+        return RequestRefused(f'OpenAI refused the request to {path} with {status}: {detail}', status)
 
     def _record(self, endpoint: str, status: str, started: float) -> None:
         self.stats.calls[(endpoint, status)] += 1
@@ -416,7 +331,7 @@ class OpenAIClient:
         except Exception:
             return None
 
-    def _decode(self, content: bytes, path: str, endpoint: str) -> dict:
+    def _decode(self, content: bytes, path: str) -> dict:
         try:
             body = json.decode(content)
         except Exception as e:
@@ -424,10 +339,9 @@ class OpenAIClient:
                 f'OpenAI sent a body that is not JSON for {path} ({self._snippet(content)}); a proxy or gateway '
                 f'in between may be answering instead of OpenAI, or the response was cut off.',
                 200,
-                endpoint,
             ) from e
         if not isinstance(body, dict):
-            raise BadResponse(f'OpenAI sent an unexpected body for {path}: {self._snippet(content)}', 200, endpoint)
+            raise BadResponse(f'OpenAI sent an unexpected body for {path}: {self._snippet(content)}', 200)
         return body
 
     def _snippet(self, content: bytes, size: int = 120) -> str:
@@ -459,9 +373,7 @@ class OpenAIClient:
             data = body.get('data')
             if not isinstance(data, list) or 'has_more' not in body:
                 raise BadResponse(
-                    f'OpenAI sent a page without data/has_more for {path}; the response was not a usage page.',
-                    200,
-                    endpoint,
+                    f'OpenAI sent a page without data/has_more for {path}; the response was not a usage page.', 200
                 )
             yield data
             next_page = body.get('next_page')
@@ -479,12 +391,116 @@ class OpenAIClient:
             body = self.get_json(path, query, endpoint)
             data = body.get('data')
             if not isinstance(data, list):
-                raise BadResponse(f'OpenAI sent a list without data for {path}.', 200, endpoint)
+                raise BadResponse(f'OpenAI sent a list without data for {path}.', 200)
             yield from data
             last = body.get('last_id') or (data[-1].get('id') if data and isinstance(data[-1], dict) else None)
             if not body.get('has_more') or not last or last == after:
                 return
             after = last
+
+
+class BodyReader:
+    """One response's body, decompressed, read a piece at a time within the deadline and the size limit.
+
+    A 200 over the limit is refused whole; an error answer is cut at MAX_ERROR_BODY_BYTES, which keeps
+    its message."""
+
+    def __init__(self, client: OpenAIClient, response, path: str, endpoint: str, status: int):
+        self.client = client
+        self.response = response
+        self.path = path
+        self.endpoint = endpoint
+        self.status = status
+        self.page = status == 200
+        self.limit = client.max_response_bytes if self.page else MAX_ERROR_BODY_BYTES
+        self.received = 0
+        self.body = bytearray()
+
+    def read(self, deadline: float, read_timeout: float) -> bytearray:
+        self._check_declared_length()
+        inflater = self._inflater()
+        try:
+            body = self._read_all(inflater, deadline, read_timeout)
+        except (urllib3.exceptions.TimeoutError, TimeoutError) as e:
+            if deadline - self.client.monotonic() <= 0:
+                raise self._deadline_exceeded() from e
+            raise TransientError(
+                f'OpenAI did not answer {self.path} within {read_timeout:.0f}s.', recorded_as='timeout'
+            ) from e
+        except (urllib3.exceptions.HTTPError, OSError, zlib.error) as e:
+            if not self.page:
+                return self.body  # what arrived of an error answer still tells its status
+            raise BadResponse(
+                f'The response from {self.path} was cut off before its end; a proxy or the network dropped it.',
+                recorded_as='truncated',
+            ) from e
+        if self.page and self.client.scrubber.contains_secret(body):
+            raise UnusableResponse(
+                f'The response to {self.path} contains the admin key the check sent, so something between the '
+                f'Agent and OpenAI echoes request headers; it was not used. Check api_base_url and the proxy.',
+                self.status,
+            )
+        return body
+
+    def _read_all(self, inflater: _Inflater | None, deadline: float, read_timeout: float) -> bytearray:
+        raw = self.response.raw
+        read = getattr(raw, 'read1', None) or raw.read
+        sock = _socket_of(raw)
+        body = self.body
+        limit = self.limit
+        while True:
+            left = deadline - self.client.monotonic()
+            if left <= 0:
+                raise self._deadline_exceeded()
+            if sock is not None:
+                sock.settimeout(max(0.01, min(read_timeout or left, left)))
+            chunk = read(READ_CHUNK, decode_content=False)
+            if not chunk:
+                break
+            self.received += len(chunk)
+            if inflater is None:
+                body += chunk
+            else:
+                inflater.feed(chunk, body, limit)
+            if len(body) > limit or self.received > limit:
+                if self.page:
+                    raise self._too_large()
+                return body
+        if inflater is not None:
+            inflater.finish(body, limit)
+        return body
+
+    def _check_declared_length(self) -> None:
+        declared = self.response.headers.get('Content-Length') or ''
+        if self.page and declared.isdigit() and int(declared) > self.limit:
+            raise self._too_large()
+
+    def _inflater(self) -> _Inflater | None:
+        encoding = self.response.headers.get('Content-Encoding')
+        try:
+            return _inflater(encoding)
+        except ValueError:
+            raise UnusableResponse(
+                f'OpenAI sent {self.path} in an encoding the check does not read '
+                f'({self.client.scrubber.detail(encoding, 40)}); it asks for '
+                f'{ACCEPT_ENCODING}. A proxy in between may be re-encoding responses.',
+                self.status,
+            ) from None
+
+    def _too_large(self) -> ApiError:
+        return UnusableResponse(
+            f'The response to {self.path} is larger than the {self.limit / 2**20:.0f} MiB the check reads from one '
+            f'response; it was not used. A page that large holds too many series per bucket: narrow group_by '
+            f'for {self.endpoint}, or, after an outage, lower max_catch_up_hours (fewer buckets per page).',
+            self.status,
+        )
+
+    def _deadline_exceeded(self) -> ApiError:
+        return DeadlineExceeded(
+            f'OpenAI was still sending {self.path} when the run\'s time budget ran out ({self.received} bytes '
+            f'received); the next run resumes.',
+            self.status,
+        )
 
 
 def _reason(error: ApiError) -> str:
@@ -495,3 +511,12 @@ def _reason(error: ApiError) -> str:
     if error.status == 429:
         return 'rate_limited'
     return 'server_error'
+
+
+def project_path(project_id: str, tail: str) -> str | None:
+    """/organization/projects/<id>/<tail>, the id quoted whole: it is OpenAI's data, and `../` or `?` in it
+    must not choose the path. None for an id of dots only, which stays a dot segment even quoted (URL
+    normalization removes it)."""
+    if not project_id.strip('.'):
+        return None
+    return f'/organization/projects/{quote(project_id, safe="")}/{tail}'

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Callable
+
+from .catalogue import NAME_TAGS
 
 MAX_TAG_LENGTH = 200
 # Ids must stay distinct: two series of different projects must never share a tag value.
@@ -46,3 +49,55 @@ def tag_value(dim: str, value: str) -> str:
 
 def tag(dim: str, value: str) -> str:
     return f'{dim}:{tag_value(dim, value)}'
+
+
+class TagBuilder:
+    """The tags of every series a run submits: the account's, then each dimension's, with the name next to
+    an id when it is known. Built once per series and run: kept between runs, they would hold a list per
+    series for nothing, and names refreshed meanwhile would not reach them."""
+
+    def __init__(self, base_tags: list[str], names):
+        self.base_tags = base_tags
+        self.names = names
+        self._series: dict[tuple[str, ...], dict[tuple[str, ...], list[str]]] = {}
+        self._tag_sets: dict[tuple[str, ...], list[str]] = {}
+        self._fragments: dict[tuple[str, str], tuple[str, ...]] = {}
+
+    def of(self, dims: tuple[str, ...]) -> Callable[[tuple[str, ...]], list[str]]:
+        """key -> the tags of that series of `dims`. Series whose tags come out the same share one list: the Agent
+        keys a context on the metric name and the set of tags, so they make one context (one custom metric), which
+        the check counts by the identity of these lists."""
+        series = self._series.setdefault(dims, {})
+        fragments = self._fragments
+        shared = self._tag_sets.setdefault
+        base = self.base_tags
+
+        def tags_of(key: tuple[str, ...]) -> list[str]:
+            tags = series.get(key)
+            if tags is None:
+                tags = list(base)
+                for dim_value in zip(dims, key):
+                    if not dim_value[1]:
+                        continue  # a dimension OpenAI did not group by (null) is left out, not tagged `none`
+                    fragment = fragments.get(dim_value)
+                    if fragment is None:
+                        fragment = fragments[dim_value] = self.dimension_tags(*dim_value)
+                    tags.extend(fragment)
+                tags = series[key] = shared(tuple(tags), tags)
+            return tags
+
+        return tags_of
+
+    def dimension_tags(self, dim: str, value: str) -> tuple[str, ...]:
+        """`dim:value`, and the name next to an id when it is known, normalized as Datadog would."""
+        name_tag = NAME_TAGS.get(dim)
+        if name_tag and self.names.enabled.get(dim):
+            resolved = self.names.lookup(dim, value)
+            if resolved:
+                return (tag(dim, value), tag(name_tag, resolved))
+        return (tag(dim, value),)
+
+    def forget(self) -> None:
+        self._series.clear()
+        self._tag_sets.clear()
+        self._fragments.clear()

@@ -13,7 +13,7 @@ def shared_timeout():
 
 
 def instance_allow_redirects():
-    return True
+    return False
 
 
 def instance_api_base_url():
@@ -81,7 +81,7 @@ def instance_names_refresh_interval():
 
 
 def instance_persist_connections():
-    return False
+    return True
 
 
 def instance_request_size():

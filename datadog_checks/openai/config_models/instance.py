@@ -8,7 +8,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from typing_extensions import Literal
 
 from datadog_checks.base.utils.functions import identity
@@ -65,10 +65,10 @@ class InstanceConfig(BaseModel):
     aws_host: Optional[str] = None
     aws_region: Optional[str] = None
     aws_service: Optional[str] = None
-    bucket_width: Optional[str] = None
+    bucket_width: Optional[Literal['1m', '1h', '1d']] = None
     collect_costs: Optional[bool] = None
     connect_timeout: Optional[float] = None
-    costs_revision_window_days: Optional[int] = None
+    costs_revision_window_days: Optional[int] = Field(None, ge=1)
     disable_generic_tags: Optional[bool] = None
     empty_default_hostname: Optional[bool] = None
     enable_legacy_tags_normalization: Optional[bool] = None
@@ -83,8 +83,8 @@ class InstanceConfig(BaseModel):
     kerberos_keytab: Optional[str] = None
     kerberos_principal: Optional[str] = None
     log_requests: Optional[bool] = None
-    max_catch_up_hours: Optional[int] = None
-    max_retries: Optional[int] = None
+    max_catch_up_hours: Optional[int] = Field(None, le=8640)
+    max_retries: Optional[int] = Field(None, ge=0)
     metric_patterns: Optional[MetricPatterns] = None
     min_collection_interval: Optional[float] = None
     names_refresh_interval: Optional[int] = None
@@ -97,11 +97,11 @@ class InstanceConfig(BaseModel):
     resolve_api_key_names: Optional[bool] = None
     resolve_project_names: Optional[bool] = None
     resolve_user_emails: Optional[bool] = None
-    revision_window_hours: Optional[int] = None
+    revision_window_hours: Optional[int] = Field(None, ge=1)
     service: Optional[str] = None
     skip_proxy: Optional[bool] = None
     tags: Optional[tuple[str, ...]] = None
-    time_budget: Optional[float] = None
+    time_budget: Optional[float] = Field(None, gt=0.0)
     timeout: Optional[float] = None
     tls_ca_cert: Optional[str] = None
     tls_cert: Optional[str] = None
@@ -111,7 +111,23 @@ class InstanceConfig(BaseModel):
     tls_protocols_allowed: Optional[tuple[str, ...]] = None
     tls_use_host_header: Optional[bool] = None
     tls_verify: Optional[bool] = None
-    usage_endpoints: Optional[tuple[str, ...]] = None
+    usage_endpoints: Optional[
+        tuple[
+            Literal[
+                'completions',
+                'embeddings',
+                'moderations',
+                'images',
+                'audio_speeches',
+                'audio_transcriptions',
+                'vector_stores',
+                'code_interpreter_sessions',
+                'file_search_calls',
+                'web_search_calls',
+            ],
+            ...,
+        ]
+    ] = None
     use_legacy_auth_encoding: Optional[bool] = None
     username: Optional[str] = None
 

@@ -1,0 +1,30 @@
+"""The sources of data the check reads, each one small module with one job (see base.py)."""
+
+from __future__ import annotations
+
+from ..catalogue import COSTS_ENDPOINT, ENDPOINTS_BY_NAME
+from .base import Outcome, Run, Source, StateStore
+from .costs import CostsSource
+from .names import NameSource
+from .usage import UsageSource, Windows
+
+__all__ = ['CostsSource', 'NameSource', 'Outcome', 'Run', 'Source', 'StateStore', 'UsageSource', 'build_sources']
+
+
+def build_sources(config, state: StateStore, log, stale_after: float | None) -> list[Source]:
+    """The data sources of one account, in the order a run reads them, from its validated configuration."""
+    windows = Windows(config.revision_window_hours, config.max_catch_up_hours, config.costs_revision_window_days)
+    group_by = config.group_by or {}
+
+    def dims(endpoint) -> tuple[str, ...]:
+        # An endpoint absent from group_by keeps the catalogue's default; an empty list means no split at all.
+        return tuple(group_by[endpoint.name]) if endpoint.name in group_by else endpoint.default_group_by
+
+    sources: list[Source] = []
+    for name in config.usage_endpoints:
+        endpoint = ENDPOINTS_BY_NAME[name]
+        sources.append(UsageSource(endpoint, config.bucket_width, dims(endpoint), windows, state, log, stale_after))
+    if config.collect_costs:
+        # Costs come in daily buckets only.
+        sources.append(CostsSource(COSTS_ENDPOINT, '1d', dims(COSTS_ENDPOINT), windows, state, log, stale_after))
+    return sources
