@@ -83,7 +83,8 @@ def metric_tag_keys() -> dict[str, frozenset[str]]:
     tags['openai.api.costs.quantity'] = tags['openai.api.costs.amount'] | {'quantity_unit'}
     # sources/estimates.py: tagged like any usage series they price, plus the currency
     usage = frozenset().union(*(tags[e.metric_name(f)] for e in ENDPOINTS if e is not costs for f in e.fields))
-    tags[ESTIMATED_COST.name] = tags['openai.api.usage.cached_savings'] = usage | {'currency'}
+    for name in (ESTIMATED_COST.name, 'openai.api.usage.cached_savings', 'openai.api.usage.tier_savings'):
+        tags[name] = usage | {'currency'}
     tags['openai.api.usage.unpriced_tokens'] = frozenset({ACCOUNT_TAG, 'model', 'kind'})
     tags['openai.api.costs.estimate_ratio'] = frozenset({ACCOUNT_TAG, 'project_id', 'project_name', 'currency'})
     tags['openai.api.costs.unpriced_line_items'] = frozenset({ACCOUNT_TAG})

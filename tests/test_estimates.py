@@ -256,3 +256,38 @@ def test_usage_without_a_price_is_counted_not_estimated(org, clock, sim, make_ch
     for (m,), tokens in output.items():
         if m != model:
             assert unpriced[(m, 'output')] == tokens - audio.get((m,), 0)
+
+
+def test_batch_and_flex_save_what_the_bill_prices_apart(org, clock, sim, make_check, dd_run_check, aggregator):
+    check = make_check(usage_endpoints=['completions'])
+    run_for(check, clock, dd_run_check, hours=30, step=2 * H)
+    dims = ('project_id', 'model', 'batch', 'service_tier')
+    estimated = by_tags(aggregator, 'openai.api.usage.estimated_cost', *dims)
+    saved = by_tags(aggregator, 'openai.api.usage.tier_savings', *dims)
+    assert {k[2] for k in saved} >= {'true'} and {k[3] for k in saved} >= {'flex'}
+    # The simulator bills batch and flex at half the standard price: what they saved is what they cost.
+    for key, value in saved.items():
+        assert key[2] == 'true' or key[3] == 'flex', key
+        assert value == pytest.approx(estimated[key], rel=1e-6), key
+    cached = by_tags(aggregator, 'openai.api.usage.cached_savings', *dims)
+    assert cached and all(v > 0 for v in cached.values())
+
+
+def test_an_unreadable_estimate_state_is_said_and_replaced(org, clock, sim, make_check, dd_run_check, state):
+    check = make_check(usage_endpoints=['completions'])
+    run_for(check, clock, dd_run_check, hours=2)
+    [key] = [k for k in state if k.endswith('estimates')]
+    state[key] = '{"v": 1, "since": "yesterday"}'
+    again = make_check(usage_endpoints=['completions'])
+    dd_run_check(again)
+    assert any(w.startswith('estimates: the saved state is unreadable (bad start time)') for w in again.warnings)
+    assert '"since":"yesterday"' not in state[key] and '"prices":[[' in state[key]
+
+
+def test_costs_without_line_items_say_the_estimate_cannot_learn(org, clock, sim, make_check, dd_run_check, aggregator):
+    check = make_check(usage_endpoints=['completions'], group_by={'costs': ['project_id']})
+    run_for(check, clock, dd_run_check, hours=3)
+    said = [w for w in check.warnings if 'group_by.costs has no line_item' in w]
+    assert len(said) == 1
+    assert not aggregator.metrics('openai.api.usage.estimated_cost')
+    assert aggregator.metrics('openai.api.usage.unpriced_tokens')

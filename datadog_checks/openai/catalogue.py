@@ -303,6 +303,14 @@ CACHED_SAVINGS = Metric(
     'cached input unit price of the model, tagged like the usage series plus currency.',
     orientation=1,
 )
+TIER_SAVINGS = Metric(
+    f'{METRIC_NAMESPACE}.api.usage.tier_savings',
+    'count',
+    'dollar',
+    'ESTIMATE of what the Batch API and flex processing saved: their tokens times the difference between the '
+    'standard and their own unit price, where the bill prices them apart; tagged like the usage series plus currency.',
+    orientation=1,
+)
 ESTIMATE_RATIO = Metric(
     f'{METRIC_NAMESPACE}.api.costs.estimate_ratio',
     'gauge',
@@ -355,6 +363,7 @@ DERIVED_METRICS = (
     ESTIMATED_COST,
     UNPRICED_TOKENS,
     CACHED_SAVINGS,
+    TIER_SAVINGS,
     ESTIMATE_RATIO,
     UNPRICED_LINE_ITEMS,
 )

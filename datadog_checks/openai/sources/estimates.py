@@ -27,6 +27,7 @@ from ..catalogue import (
     CACHED_SAVINGS,
     ESTIMATE_RATIO,
     ESTIMATED_COST,
+    TIER_SAVINGS,
     UNPRICED_LINE_ITEMS,
     UNPRICED_TOKENS,
 )
@@ -99,9 +100,13 @@ SIMPLE_KINDS = {
     'file_search_calls': {'num_requests': 'file_search_calls'},
     'code_interpreter_sessions': {'num_sessions': 'code_interpreter_sessions'},
 }
+# Tools are billed by the call, whatever the model.
+TOOL_ENDPOINTS = ('web_search_calls', 'file_search_calls', 'code_interpreter_sessions')
 # The kind whose price a cached token saves against.
 SAVINGS = {'cached_input': 'input', 'audio_cached_input': 'audio_input'}
 TIERS = ('batch', 'flex', 'priority')
+# Tiers billed below the standard price: what they save is `openai.api.usage.tier_savings`.
+SAVING_TIERS = ('batch', 'flex')
 CONFIG_KINDS = ('input', 'cached_input', 'output', 'audio_input', 'audio_cached_input', 'audio_output') + (
     'images',
     'characters',
@@ -199,6 +204,34 @@ class Change:
     horizon: int
 
 
+class Layout:
+    """Where a usage series key holds its model and project."""
+
+    def __init__(self, dims: tuple[str, ...]):
+        self.dims = dims
+        self.model = dims.index('model') if 'model' in dims else None
+        self.project = dims.index('project_id') if 'project_id' in dims else None
+
+
+class Totals:
+    """A usage source's estimate for the run, by series."""
+
+    def __init__(self):
+        self.cost: dict = defaultdict(float)
+        self.cached: dict = defaultdict(float)
+        self.tier: dict = defaultdict(float)
+        self.unpriced: dict = defaultdict(float)
+
+    def submit(self, outcome: Outcome, dims: tuple[str, ...]) -> None:
+        with_currency = dims + ('currency',)
+        for metric, table in ((ESTIMATED_COST, self.cost), (CACHED_SAVINGS, self.cached), (TIER_SAVINGS, self.tier)):
+            outcome.counts.extend(
+                (metric.name, v, with_currency, key + (currency,)) for (key, currency), v in table.items() if v
+            )
+        unpriced = self.unpriced.items()
+        outcome.counts.extend((UNPRICED_TOKENS.name, q, ('model', 'kind'), key) for key, q in unpriced if q)
+
+
 # -- the source ------------------------------------------------------------------------------------------------
 
 
@@ -223,6 +256,7 @@ class EstimateSource(Source):
         self.notes: list[str] = []
         # Line items already logged as unmapped: once each for the life of the check.
         self.logged: set[str] = set()
+        self.warned_no_line_item = False
         # usage metric name -> field name, per usage source
         self.fields_of = {
             s.name: {s.endpoint.metric_name(f): f.name for f in s.endpoint.flows} for s in self.usage_sources
@@ -232,8 +266,6 @@ class EstimateSource(Source):
 
     def collect(self, run: Run) -> Outcome:
         outcome = Outcome(self.name, complete=True)
-        outcome.warnings.extend(self.notes)
-        self.notes = []
         base = self._state(run.now)
         prices = dict(base.prices)
         billed = {d: dict(cells) for d, cells in base.billed.items()}
@@ -251,6 +283,8 @@ class EstimateSource(Source):
         self._ratios(change, run.now, outcome)
         if unpriced_items is not None:
             outcome.gauges.append((UNPRICED_LINE_ITEMS.name, len(unpriced_items), (), ()))
+        outcome.warnings.extend(self.notes)
+        self.notes = []
         return outcome
 
     def _learn(self, run: Run, prices: dict, billed: dict) -> set[str] | None:
@@ -263,6 +297,12 @@ class EstimateSource(Source):
             for day, cells in bill.projects.items():
                 billed[day] = dict(cells)
         if not bill.by_line_item:
+            if not self.configured and not self.warned_no_line_item:
+                self.warned_no_line_item = True
+                self.notes.append(
+                    'estimates: group_by.costs has no line_item, so no price can be learned from the bill and no '
+                    'usage is estimated. Add line_item to group_by.costs, or configure `prices`.'
+                )
             return None
         unmapped = set()
         for day in sorted(bill.lines):
@@ -297,75 +337,64 @@ class EstimateSource(Source):
         return price
 
     def _estimate(self, source, usage: Outcome, price, estimated: dict, outcome: Outcome) -> None:
-        fields_of = self.fields_of[source.name]
+        """Price the increases `usage` submitted: the run's points, and the estimate of each (day, project)."""
         name = source.name
-        kinds = SIMPLE_KINDS.get(name)
-        if name != 'completions' and kinds is None:
+        if name != 'completions' and name not in SIMPLE_KINDS:
             return  # moderations (free), vector store bytes (a level)
-        cost_total: dict = defaultdict(float)
-        savings_total: dict = defaultdict(float)
-        unpriced: dict = defaultdict(float)
-        dims_of = None
+        fields_of = self.fields_of[name]
+        totals = Totals()
+        dims = None
         for start, first, end in usage.spans:
             # The increases of one bucket, by series.
             deltas: dict = defaultdict(dict)
-            for metric, value, dims, key in usage.counts[first:end]:
+            dims = usage.counts[first][2]
+            for metric, value, _, key in usage.counts[first:end]:
                 f = fields_of.get(metric)
                 if f is not None:
-                    deltas[key][f] = deltas[key].get(f, 0) + value
-                    dims_of = dims
-            if dims_of is None:
+                    cell = deltas[key]
+                    cell[f] = cell.get(f, 0) + value
+            if deltas:
+                layout = Layout(dims)
+                day = start // DAY * DAY
+                for key, values in deltas.items():
+                    self._price_series(name, layout, key, values, price, totals, estimated.setdefault(day, {}))
+        if dims is not None:
+            totals.submit(outcome, dims)
+
+    @staticmethod
+    def _price_series(name, layout, key, values: dict, price, totals: Totals, day: dict) -> None:
+        """One series' increases in one bucket, priced kind by kind; what has no price is counted instead."""
+        model = key[layout.model] if layout.model is not None else ''
+        if name == 'completions':
+            tier = tier_of(layout.dims, key)
+            quantities = {
+                kind: sum(c * values.get(f, 0) for f, c in combo.items()) for kind, combo in COMPLETION_KINDS.items()
+            }
+        else:
+            tier = ''
+            quantities = {kind: values.get(f, 0) for f, kind in SIMPLE_KINDS[name].items()}
+        priced_as = '' if name in TOOL_ENDPOINTS else model
+        cost, currency = 0.0, None
+        for kind, q in quantities.items():
+            if not q:
                 continue
-            dims = dims_of
-            model_at = dims.index('model') if 'model' in dims else None
-            project_at = dims.index('project_id') if 'project_id' in dims else None
-            day = start // DAY * DAY
-            for key, values in deltas.items():
-                model = key[model_at] if model_at is not None else ''
-                if name == 'completions':
-                    tier = tier_of(dims, key)
-                    quantities = {
-                        kind: sum(c * values.get(f, 0) for f, c in combo.items())
-                        for kind, combo in COMPLETION_KINDS.items()
-                    }
-                else:
-                    tier = ''
-                    quantities = {kind: values.get(f, 0) for f, kind in kinds.items()}
-                    if name in _TOOL_KINDS:
-                        model = ''
-                cost, currency = 0.0, None
-                for kind, q in quantities.items():
-                    if not q:
-                        continue
-                    found = price((tier, model, kind))
-                    if found is None:
-                        unpriced[(key[model_at] if model_at is not None else '', kind)] += q
-                        continue
-                    cost += found[0] * q
-                    currency = found[1]
-                    saved_kind = SAVINGS.get(kind)
-                    if saved_kind:
-                        full = price((tier, model, saved_kind))
-                        if full is not None and full[1] == found[1]:
-                            savings_total[(key, found[1])] += (full[0] - found[0]) * q
-                if currency is None:
-                    continue
-                cost_total[(key, currency)] += cost
-                project = key[project_at] if project_at is not None else ''
-                cells = estimated.setdefault(day, {})
-                cells[(project, currency)] = cells.get((project, currency), 0.0) + cost
-        if dims_of is None:
-            return
-        with_currency = dims_of + ('currency',)
-        for (key, currency), cost in cost_total.items():
-            if cost:
-                outcome.counts.append((ESTIMATED_COST.name, cost, with_currency, key + (currency,)))
-        for (key, currency), saved in savings_total.items():
-            if saved:
-                outcome.counts.append((CACHED_SAVINGS.name, saved, with_currency, key + (currency,)))
-        for (model, kind), q in unpriced.items():
-            if q:
-                outcome.counts.append((UNPRICED_TOKENS.name, q, ('model', 'kind'), (model, kind)))
+            found = price((tier, priced_as, kind))
+            if found is None:
+                totals.unpriced[(model, kind)] += q
+                continue
+            unit_price, currency = found
+            cost += unit_price * q
+            # What the same tokens would have cost uncached, or at the standard tier, when the bill says.
+            full = price((tier, priced_as, SAVINGS[kind])) if kind in SAVINGS else None
+            if full is not None and full[1] == currency:
+                totals.cached[(key, currency)] += (full[0] - unit_price) * q
+            standard = price(('', priced_as, kind)) if tier in SAVING_TIERS else None
+            if standard is not None and standard[1] == currency:
+                totals.tier[(key, currency)] += (standard[0] - unit_price) * q
+        if currency is not None:
+            totals.cost[(key, currency)] += cost
+            project = (key[layout.project] if layout.project is not None else '', currency)
+            day[project] = day.get(project, 0.0) + cost
 
     def _ratios(self, change: Change, now: float, outcome: Outcome) -> None:
         """Estimated / billed for the most recent day the bill has settled: one that ended more than the costs
@@ -426,6 +455,3 @@ class EstimateSource(Source):
     def forget(self) -> None:
         self.ledger = None
         self._loaded = False
-
-
-_TOOL_KINDS = ('web_search_calls', 'file_search_calls', 'code_interpreter_sessions')
