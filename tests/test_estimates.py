@@ -291,3 +291,18 @@ def test_costs_without_line_items_say_the_estimate_cannot_learn(org, clock, sim,
     assert len(said) == 1
     assert not aggregator.metrics('openai.api.usage.estimated_cost')
     assert aggregator.metrics('openai.api.usage.unpriced_tokens')
+
+
+def test_learned_prices_survive_a_restart_while_costs_cannot_be_read(
+    org, clock, sim, make_check, dd_run_check, aggregator
+):
+    options = dict(usage_endpoints=['completions'])
+    run_for(make_check(**options), clock, dd_run_check, hours=6)
+    aggregator.reset()
+    sim.faults.add('costs', 403, count=None)
+    restarted = make_check(**options)
+    run_for(restarted, clock, dd_run_check, hours=3)
+    assert any(w.startswith('costs:') for w in restarted.warnings)
+    assert aggregator.metrics('openai.api.usage.estimated_cost')
+    # Without a complete reading of the bill, nothing is said of its line items.
+    assert not aggregator.metrics('openai.api.costs.unpriced_line_items')

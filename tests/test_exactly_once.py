@@ -83,6 +83,7 @@ def test_the_expected_metrics_are_the_published_ones():
         'openai.api.usage.estimated_cost',
         'openai.api.usage.unpriced_tokens',
         'openai.api.usage.cached_savings',
+        'openai.api.usage.tier_savings',
         'openai.api.costs.estimate_ratio',
         'openai.api.costs.unpriced_line_items',
     }

@@ -36,6 +36,8 @@ class Bill:
     # The group_by gave the line items / the projects (otherwise the matching table stays empty).
     by_line_item: bool = False
     by_project: bool = False
+    # The whole window was read: only then does the bill say which line items it holds.
+    complete: bool = False
 
 
 class CostsSource(UsageSource):
@@ -75,6 +77,7 @@ class CostsSource(UsageSource):
         self.bill = Bill(by_line_item=self.line_item_slot is not None, by_project=self.project_slot is not None)
         self.units.clear()
         outcome = super().collect(run)
+        self.bill.complete = outcome.complete
         outcome.facts = self.bill
         name, dims, units = self.quantity_name, self.quantity_dims, self.units
         for i, (metric, value, _, key) in enumerate(outcome.counts):

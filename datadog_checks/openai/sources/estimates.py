@@ -323,7 +323,8 @@ class EstimateSource(Source):
                 '(counted in openai.api.costs.unpriced_line_items). Configure `prices` to price it.',
                 line_item,
             )
-        return unmapped
+        # A partial reading prices what it read, but cannot say what the bill does not hold.
+        return unmapped if bill.complete else None
 
     def _pricer(self, learned: dict):
         configured = self.configured
