@@ -384,14 +384,17 @@ class Bench:
             'non_200': sum(1 for r in log if r['status'] != 200),
             'bytes': sum(r['bytes'] for r in log),
             'rows': sum(r.rows for r in self.results),
-            'rows_by_endpoint': {r.source: r.rows for r in self.results},
+            # The estimate of spend reads no rows of its own (it prices the others' increases).
+            'rows_by_endpoint': {
+                r.source: r.rows for r in self.results if not self.check.sources_by_name[r.source].derived
+            },
             'count_points': flows,
             'points': len(points),
             'complete': all(r.complete for r in self.results),
             'baseline': any(r.baseline for r in self.results),
         }
         record.update(self.state(timed=with_floor))
-        ledgers = [s.ledger for s in self.check.sources if getattr(s, 'ledger', None) is not None]
+        ledgers = [s.ledger for s in self.check.sources if getattr(s, 'ledger', None) is not None and not s.derived]
         record['state_cells'] = sum(len(b) for ledger in ledgers for b in ledger.buckets.values())
         if with_floor:
             record['pages'] = [r for r in log if r['start_time'] is not None]

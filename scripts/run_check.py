@@ -234,7 +234,7 @@ def main(argv=None) -> int:
                     print(f'\n== account {account}, run {n} of {len(runs)} ==')
                     print_table(run)
             if runs and not args.json:
-                endpoints = [s.name for s in getattr(check, 'sources', ())]
+                endpoints = [s.name for s in getattr(check, 'sources', ()) if not s.derived]
                 print()
                 period = f', {args.interval:g} s apart' + (' (simulated time)' if clock is not None else '')
                 period = period if len(runs) > 1 else ''

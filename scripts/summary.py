@@ -88,7 +88,9 @@ def other_usage(runs: list[dict]) -> dict[str, dict[str, float]]:
             name = point['metric']
             if point['type'] != 'count' or not name.startswith('openai.api.usage.') or name.startswith(COMPLETIONS):
                 continue
-            endpoint, field = name[len('openai.api.usage.') :].split('.', 1)
+            endpoint, _, field = name[len('openai.api.usage.') :].partition('.')
+            if not field:
+                continue  # the estimate of spend (openai.api.usage.estimated_cost...), not an endpoint's figure
             totals[endpoint][field] += point['value']
     return totals
 

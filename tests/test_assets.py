@@ -32,6 +32,8 @@ from datadog_checks.openai.catalogue import (
     CONTEXTS,
     DATA_LAG,
     ENDPOINTS,
+    ENDPOINTS_BY_NAME,
+    ESTIMATED_COST,
     INTEGRATION,
     MONTH_TO_DATE,
     NAME_TAGS,
@@ -76,6 +78,16 @@ def metric_tag_keys() -> dict[str, frozenset[str]]:
     tags[CONTEXTS.name] = frozenset({ACCOUNT_TAG, 'endpoint'})
     tags[RUN_DURATION.name] = frozenset({ACCOUNT_TAG})
     tags[STATE_SIZE.name] = frozenset({ACCOUNT_TAG, 'endpoint'})
+    # sources/costs.py: the billed quantity, tagged as the amount plus its unit
+    costs = ENDPOINTS_BY_NAME['costs']
+    tags['openai.api.costs.quantity'] = tags['openai.api.costs.amount'] | {'quantity_unit'}
+    # sources/estimates.py: tagged like any usage series they price, plus the currency
+    usage = frozenset().union(*(tags[e.metric_name(f)] for e in ENDPOINTS if e is not costs for f in e.fields))
+    for name in (ESTIMATED_COST.name, 'openai.api.usage.cached_savings', 'openai.api.usage.tier_savings'):
+        tags[name] = usage | {'currency'}
+    tags['openai.api.usage.unpriced_tokens'] = frozenset({ACCOUNT_TAG, 'model', 'kind'})
+    tags['openai.api.costs.estimate_ratio'] = frozenset({ACCOUNT_TAG, 'project_id', 'project_name', 'currency'})
+    tags['openai.api.costs.unpriced_line_items'] = frozenset({ACCOUNT_TAG})
     return tags
 
 
@@ -97,6 +109,8 @@ def metric_source(metric: str) -> str:
             return endpoint.name
     if metric.startswith(f'{INTEGRATION}.api.costs.'):
         return 'costs'
+    if metric.startswith(f'{INTEGRATION}.api.usage.'):
+        return 'estimates'  # sources/estimates.py: derived from every usage endpoint
     return 'check'
 
 
@@ -419,7 +433,7 @@ EXPECTED_DASHBOARDS = {
 EXPECTED_MONITORS = {
     'spend_above_budget.json',
     'project_spend_above_budget.json',
-    'daily_cost_anomaly.json',
+    'estimated_spend_spike.json',
     'token_usage_anomaly.json',
     'can_connect.json',
     'data_stale.json',
@@ -793,8 +807,11 @@ def test_monitor_contents():
     assert set(spend.group_by) == {ACCOUNT_TAG, 'currency'}
     project = query_of('project_spend_above_budget.json')
     assert project.terms[0].metric == PROJECT_MONTH_TO_DATE.name and 'project_id' in project.group_by
-    cost = query_of('daily_cost_anomaly.json')
-    assert cost.kind == 'anomaly' and cost.terms[0].metric == 'openai.api.costs.amount'
+    estimate = query_of('estimated_spend_spike.json')
+    assert estimate.kind == 'anomaly' and estimate.terms[0].metric == ESTIMATED_COST.name
+    assert set(estimate.group_by) == {ACCOUNT_TAG, 'project_id'}
+    # An estimate says so: billed and estimated never share a name, and the description tells which this is.
+    assert 'estimate' in load_json(MONITOR_DIR / 'estimated_spend_spike.json')['description'].lower()
     tokens = query_of('token_usage_anomaly.json')
     assert tokens.kind == 'anomaly'
     assert {t.metric for t in tokens.terms} == {

@@ -24,8 +24,8 @@ def load(**overrides):
 def effective(check) -> SimpleNamespace:
     """What the configuration made of the check: the sources it reads, with their group_by, and its options."""
     return SimpleNamespace(
-        endpoints=tuple(s.name for s in check.sources),
-        group_by={s.name: s.group_by for s in check.sources},
+        endpoints=tuple(s.name for s in check.sources if not s.derived),
+        group_by={s.name: s.group_by for s in check.sources if not s.derived},
         bucket_width=check.config.bucket_width,
         api_base_url=check.config.api_base_url,
         resolve_user_emails=check.config.resolve_user_emails,
@@ -155,3 +155,20 @@ def test_state_is_keyed_by_account_not_by_key():
     two = load(admin_api_key='sk-admin-two', tags=['team:ml'])
     other = load(account_name='staging')
     assert one.persistent_cache_id() == two.persistent_cache_id() != other.persistent_cache_id()
+
+
+def test_prices_name_known_kinds_and_non_negative_numbers():
+    message = problems(prices={'gpt-4o': {'inputs': 2.5, 'output': -1, 'batch_output': 'cheap'}, 'o3': 3})
+    assert '`prices.gpt-4o.inputs` is not a kind of price; use one of input, cached_input, output' in message
+    assert '`prices.gpt-4o.output` must be a number of dollars per million, 0 or more.' in message
+    assert '`prices.gpt-4o.batch_output` must be a number' in message
+    assert '`prices.o3` must map kinds' in message
+    check = load(prices={'gpt-4o': {'input': 2.5, 'priority_output': 20}})
+    [estimates] = [s for s in check.sources if s.derived]
+    assert estimates.configured == {('', 'gpt-4o', 'input'): 2.5e-6, ('priority', 'gpt-4o', 'output'): 20e-6}
+
+
+def test_the_estimate_needs_the_bill_or_prices():
+    assert not [s for s in load(collect_costs=False, usage_endpoints=['completions']).sources if s.derived]
+    assert not [s for s in load(estimate_spend=False).sources if s.derived]
+    assert [s.name for s in load().sources if s.derived] == ['estimates']

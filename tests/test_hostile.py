@@ -531,9 +531,10 @@ def test_non_finite_and_negative_amounts_are_malformed(bad, decoder, hostile, ma
         else:
             assert amounts == {'project_id:proj_a': pytest.approx(0.25)}
             assert totals[-1] == pytest.approx(4.25)
-        for text in _datadog_agent._cache.values():
+        for key, text in _datadog_agent._cache.items():
             assert 'NaN' not in text and 'Infinity' not in text
-            Ledger.loads(text)
+            if 'ledger_' in key:  # the estimate keeps a state of its own, read by its own test
+                Ledger.loads(text)
     for stubs in _aggregator._metrics.values():
         assert all(math.isfinite(m.value) for m in stubs)
 

@@ -39,6 +39,8 @@ OWN_OPTIONS = [
     'api_base_url',
     'usage_endpoints',
     'collect_costs',
+    'estimate_spend',
+    'prices',
     'group_by',
     'bucket_width',
     'revision_window_hours',

@@ -221,6 +221,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                 'to the invoice, before credits.',
                 path=('amount', 'value'),
             ),
+            # With group_by line_item only (null otherwise): amount / quantity is the unit price billed, which the
+            # estimate of spend learns (sources/estimates.py).
+            Field(
+                'quantity',
+                '',
+                'Billed quantity of the line item, in the unit named by the quantity_unit tag (tokens, '
+                '1000_tokens, images, characters, duration_seconds...); reported with group_by line_item only.',
+            ),
         ),
         group_by=('project_id', 'line_item', 'api_key_id'),
         default_group_by=('project_id', 'line_item'),
@@ -270,6 +278,54 @@ PROJECT_MONTH_TO_DATE = Metric(
     orientation=-1,
 )
 
+# Estimated spend (sources/estimates.py): derived from the usage the check submits, priced from the bill. Never under
+# an openai.api.costs.* name but for the two that describe the bill itself (its reconciliation, its unmapped lines).
+ESTIMATED_COST = Metric(
+    f'{METRIC_NAMESPACE}.api.usage.estimated_cost',
+    'count',
+    'dollar',
+    'ESTIMATE of the cost of the usage submitted, priced from the unit prices of the bill (or configured prices), '
+    'tagged like the usage series plus currency. Not the bill: see openai.api.costs.amount.',
+    orientation=-1,
+)
+UNPRICED_TOKENS = Metric(
+    f'{METRIC_NAMESPACE}.api.usage.unpriced_tokens',
+    'count',
+    'token',
+    'Usage submitted for which no unit price is known (no matching line item billed yet, no configured price), by '
+    'model and field: it has no estimated cost.',
+)
+CACHED_SAVINGS = Metric(
+    f'{METRIC_NAMESPACE}.api.usage.cached_savings',
+    'count',
+    'dollar',
+    'ESTIMATE of what prompt caching saved: cached input tokens times the difference between the input and the '
+    'cached input unit price of the model, tagged like the usage series plus currency.',
+    orientation=1,
+)
+TIER_SAVINGS = Metric(
+    f'{METRIC_NAMESPACE}.api.usage.tier_savings',
+    'count',
+    'dollar',
+    'ESTIMATE of what the Batch API and flex processing saved: their tokens times the difference between the '
+    'standard and their own unit price, where the bill prices them apart; tagged like the usage series plus currency.',
+    orientation=1,
+)
+ESTIMATE_RATIO = Metric(
+    f'{METRIC_NAMESPACE}.api.costs.estimate_ratio',
+    'gauge',
+    'fraction',
+    'Estimated cost divided by billed cost for the most recent day the bill has settled (older than '
+    'costs_revision_window_days), by project: how far to trust openai.api.usage.estimated_cost.',
+)
+UNPRICED_LINE_ITEMS = Metric(
+    f'{METRIC_NAMESPACE}.api.costs.unpriced_line_items',
+    'gauge',
+    'item',
+    'Line items of the bill that no rule maps to a usage field: their cost is in openai.api.costs.amount but '
+    'usage of that kind gets no estimate.',
+)
+
 CAN_CONNECT = _health(
     'can_connect', 'gauge', '', '1 when the last run reached OpenAI with a valid admin key, else 0.', 1
 )
@@ -301,7 +357,16 @@ CONTEXTS = _health(
 RUN_DURATION = _health('run.duration', 'gauge', 'second', 'Wall time of the last run of the check.', -1)
 STATE_SIZE = _health('state.size', 'gauge', 'byte', 'Size of the state kept in the persistent cache, by endpoint.')
 
-DERIVED_METRICS = (MONTH_TO_DATE, PROJECT_MONTH_TO_DATE)
+DERIVED_METRICS = (
+    MONTH_TO_DATE,
+    PROJECT_MONTH_TO_DATE,
+    ESTIMATED_COST,
+    UNPRICED_TOKENS,
+    CACHED_SAVINGS,
+    TIER_SAVINGS,
+    ESTIMATE_RATIO,
+    UNPRICED_LINE_ITEMS,
+)
 HEALTH_METRICS = (
     CAN_CONNECT,
     API_REQUESTS,

@@ -178,8 +178,10 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             outcome = self.collect(source, run)
             if outcome is None:
                 continue
-            outcomes.append(outcome)
             run.outcomes[source.name] = outcome
+            if source.derived:
+                continue
+            outcomes.append(outcome)
             if isinstance(outcome.error, AuthError) and outcome.error.status == 401:
                 break  # a rejected key is rejected everywhere: do not hammer the other endpoints
         return outcomes
@@ -221,6 +223,7 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             source.apply(outcome)
             self.gauge(STATE_SIZE.name, size, tags=self.base_tags + endpoint)
             self.gauge(SERIES.name, outcome.series, tags=self.base_tags + endpoint)
+        outcome.submitted = True
         # Each distinct (metric, tag set) is a context, a custom metric: series with the same tags share their list.
         # Sets of ints per metric rather than a (metric, tags) tuple per point: no object per point for the garbage
         # collector to track, which on a large organization's run means fewer full collections.
@@ -244,7 +247,7 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             read_at = self.sources_by_name[outcome.source].read_at
             if read_at is not None:
                 lags[outcome.source] = max(0.0, run.now - read_at)
-        expected = [s.name for s in self.sources]
+        expected = [s.name for s in self.sources if not s.derived]
         status, message = health.verdict(outcomes, expected, run.client.stats.rate_limited)
         message = self.scrubber.message(message)
         health.report(self, run.client.stats, lags, status, message, self.monotonic() - started)

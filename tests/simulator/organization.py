@@ -41,6 +41,8 @@ from typing import Any, Iterable, Mapping
 
 from datadog_checks.openai.catalogue import BUCKET_SECONDS, COSTS, ENDPOINTS, ENDPOINTS_BY_NAME, LEVEL, Endpoint
 
+COSTS_NAME = 'costs'
+
 MINUTE = 60
 HOUR = 3600
 DAY = 86400
@@ -603,11 +605,15 @@ class Organization:
         self.vector_stores: list[VectorStore] = []
         self._by_id: dict[str, Any] = {}
         self._build_entities(projects, users, keys_per_project)
-        self.line_items = self._line_items()
-        self.line_items_by_name = {li.name: li for li in self.line_items}
         self.traffic: dict[str, _Traffic] = {}
         for i, endpoint in enumerate(ENDPOINTS):
+            if endpoint.kind == COSTS:
+                continue
             self.traffic[endpoint.name] = self._build_traffic(endpoint, seed * 1009 + i * 7919 + 17)
+        # The bill is the usage priced (see billing.py): built once every usage endpoint has its traffic.
+        self.traffic[COSTS_NAME] = DerivedCosts(self, ENDPOINTS_BY_NAME[COSTS_NAME])
+        self.line_items = self.traffic[COSTS_NAME].items
+        self.line_items_by_name = {li.name: li for li in self.line_items}
         self._renderers = {
             e.name: _compile_renderers(e.result_object, tuple(f.name for f in e.fields))
             for e in ENDPOINTS
@@ -775,26 +781,6 @@ class Organization:
         return min(ends) if ends else None
 
     # -- series ------------------------------------------------------------------------------------
-
-    def _line_items(self) -> list[LineItem]:
-        items = []
-        for m in CHAT_MODELS:
-            items.append(LineItem(f'{m.name}, input', 'tokens', m.prices[0], 150_000))
-            items.append(LineItem(f'{m.name}, cached input', 'tokens', m.prices[1], 60_000))
-            items.append(LineItem(f'{m.name}, output', 'tokens', m.prices[2], 40_000))
-        for name, (_, _, price) in EMBEDDING_MODELS.items():
-            items.append(LineItem(f'{name}, input', 'tokens', price, 300_000))
-        for name, (_, _, price, _, _) in IMAGE_MODELS.items():
-            items.append(LineItem(f'{name}, images', 'images', price, 4))
-        for name, (_, _, price) in SPEECH_MODELS.items():
-            items.append(LineItem(f'{name}, characters', 'characters', price, 15_000))
-        for name, (_, _, price) in TRANSCRIPTION_MODELS.items():
-            items.append(LineItem(f'{name}, audio', 'duration_seconds', price, 900))
-        items.append(LineItem('web search tool calls', 'calls', 10_000_000, 20))
-        items.append(LineItem('file search tool calls', 'calls', 2_500_000, 20))
-        items.append(LineItem('code interpreter sessions', 'sessions', 30_000_000, 3))
-        items.append(LineItem('vector store storage', 'gibibyte_hours', 4_166_667, 2, keyless=True))
-        return items
 
     @staticmethod
     def _pick(rng: random.Random, weighted: Mapping[str, float]):
@@ -1124,7 +1110,9 @@ class Organization:
     def _as_dicts(self, traffic: _Traffic, group_by: tuple[str, ...], merged: dict[tuple, list]) -> dict:
         if traffic.endpoint.kind == COSTS:
             currency = tuple('usd' for _ in traffic.endpoint.fixed_dims)
-            return {key + currency: {'amount': values[0] / 1e9} for key, values in merged.items()}
+            return {
+                key + currency: {'amount': values[0] / 1e9, 'quantity': values[1]} for key, values in merged.items()
+            }
         names = traffic.value_names
         return {key: dict(zip(names, values)) for key, values in merged.items()}
 
@@ -1373,3 +1361,6 @@ def _filters(filters: Mapping[str, Iterable] | None) -> dict[str, frozenset] | N
     if not filters:
         return None
     return {d: frozenset(v) for d, v in filters.items()}
+
+
+from .billing import DerivedCosts  # noqa: E402 (billing builds on the classes above)

@@ -48,6 +48,10 @@ def instance_enable_legacy_tags_normalization():
     return True
 
 
+def instance_estimate_spend():
+    return True
+
+
 def instance_kerberos_auth():
     return 'disabled'
 

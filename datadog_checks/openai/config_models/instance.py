@@ -72,6 +72,7 @@ class InstanceConfig(BaseModel):
     disable_generic_tags: Optional[bool] = None
     empty_default_hostname: Optional[bool] = None
     enable_legacy_tags_normalization: Optional[bool] = None
+    estimate_spend: Optional[bool] = None
     extra_headers: Optional[MappingProxyType[str, Any]] = None
     group_by: Optional[MappingProxyType[str, tuple[str, ...]]] = None
     headers: Optional[MappingProxyType[str, Any]] = None
@@ -91,6 +92,7 @@ class InstanceConfig(BaseModel):
     ntlm_domain: Optional[str] = None
     password: Optional[str] = None
     persist_connections: Optional[bool] = None
+    prices: Optional[MappingProxyType[str, MappingProxyType[str, float]]] = None
     proxy: Optional[Proxy] = None
     read_timeout: Optional[float] = None
     request_size: Optional[float] = None

@@ -158,6 +158,29 @@ def instance_group_by(value, **kwargs):
     return canonical
 
 
+def instance_prices(value, **kwargs):
+    if not isinstance(value, Mapping):
+        return value
+    from ..sources.estimates import CONFIG_KINDS, TIERS, configured_price_key
+
+    problems = []
+    for model, kinds in value.items():
+        if not isinstance(kinds, Mapping):
+            problems.append(f'`prices.{model}` must map kinds (input, cached_input, output...) to dollars per million.')
+            continue
+        for kind, price in kinds.items():
+            if configured_price_key(str(model), str(kind)) is None:
+                problems.append(
+                    f'`prices.{model}.{kind}` is not a kind of price; use one of {", ".join(CONFIG_KINDS)}, '
+                    f'optionally prefixed with {"_, ".join(TIERS)}_ (e.g. batch_input).'
+                )
+            elif isinstance(price, bool) or not isinstance(price, (int, float)) or not 0 <= price < float('inf'):
+                problems.append(f'`prices.{model}.{kind}` must be a number of dollars per million, 0 or more.')
+    if problems:
+        raise ValueError('\n'.join(problems))
+    return value
+
+
 def instance_bucket_width(value, field, **kwargs):
     allowed = _literals(field.annotation)
     if value not in allowed:

@@ -5,10 +5,21 @@ from __future__ import annotations
 from ..catalogue import COSTS_ENDPOINT, ENDPOINTS_BY_NAME
 from .base import Outcome, Run, Source, StateStore
 from .costs import CostsSource
+from .estimates import EstimateSource
 from .names import NameSource
 from .usage import UsageSource, Windows
 
-__all__ = ['CostsSource', 'NameSource', 'Outcome', 'Run', 'Source', 'StateStore', 'UsageSource', 'build_sources']
+__all__ = [
+    'CostsSource',
+    'EstimateSource',
+    'NameSource',
+    'Outcome',
+    'Run',
+    'Source',
+    'StateStore',
+    'UsageSource',
+    'build_sources',
+]
 
 
 def build_sources(config, state: StateStore, log, stale_after: float | None) -> list[Source]:
@@ -27,4 +38,8 @@ def build_sources(config, state: StateStore, log, stale_after: float | None) -> 
     if config.collect_costs:
         # Costs come in daily buckets only.
         sources.append(CostsSource(COSTS_ENDPOINT, '1d', dims(COSTS_ENDPOINT), windows, state, log, stale_after))
+    if config.estimate_spend and (config.collect_costs or config.prices):
+        # Last: it prices the increases the usage sources submitted, with what the costs source read of the bill.
+        usage = [s for s in sources if isinstance(s, UsageSource) and not isinstance(s, CostsSource)]
+        sources.append(EstimateSource(usage, config.costs_revision_window_days, config.prices, state, log))
     return sources

@@ -46,6 +46,14 @@ class Outcome:
     rows: int = 0
     malformed: int = 0
     baseline: bool = False
+    # (bucket start, first, end): counts[first:end] are increases of the bucket starting then. What derives from
+    # usage by the day it belongs to (the estimate of spend) reads it; a source with no buckets leaves it empty.
+    spans: list[tuple[int, int, int]] = field(default_factory=list)
+    # Set by the check once the change is saved and the points handed to the aggregator: a source that builds on
+    # another's counts (the estimate) must only use submitted ones.
+    submitted: bool = False
+    # What a source read that another builds on, opaque to the check (costs: the bill by day, see costs.Bill).
+    facts: Any = None
 
 
 class StateStore:
@@ -70,6 +78,9 @@ class Source:
     group_by: tuple[str, ...] = ()
     # When the source's data was last read in full, as far as its saved state goes (None: never, or no data).
     read_at: float | None = None
+    # Builds only on what other sources read this run (the estimate of spend): it reads nothing from OpenAI, so
+    # it has no say in the run's health (a run whose endpoints all failed must still fail).
+    derived: bool = False
 
     def collect(self, run: Run) -> Outcome:
         raise NotImplementedError

@@ -68,6 +68,8 @@ class Reading:
     levels: dict[Key, tuple[int, Values]] = field(default_factory=dict)
     rows: int = 0
     malformed: int = 0
+    # Which bucket each run of counts came from (Outcome.spans).
+    spans: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 class UsageSource(Source):
@@ -203,7 +205,10 @@ class UsageSource(Source):
         current, malformed = aggregate(results, self.key_of, self.read_flows)
         reading.malformed += malformed
         submitted = reading.base.buckets.get(start) or {}
+        first = len(reading.counts)
         changed, rejected = self._diff(current, submitted, reading.window.baseline, reading.counts)
+        if len(reading.counts) > first:
+            reading.spans.append((start, first, len(reading.counts)))
         reading.malformed += len(rejected)
         if changed:
             reading.change.cells[start] = changed
@@ -279,6 +284,7 @@ class UsageSource(Source):
                     len(reading.change.cells),
                 )
         outcome.counts = reading.counts
+        outcome.spans = reading.spans
         outcome.change = (reading.base, reading.change)
         return outcome
 
