@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-from ..catalogue import COSTS_ENDPOINT, ENDPOINTS_BY_NAME
+from ..catalogue import COSTS_ENDPOINT, ENDPOINTS_BY_NAME, PER_MINUTE_LIMITS
 from .base import Outcome, Run, Source, StateStore
 from .costs import CostsSource
+from .limits import LimitsSource
 from .names import NameSource
 from .usage import UsageSource, Windows
+from .utilization import UtilizationSource
 
-__all__ = ['CostsSource', 'NameSource', 'Outcome', 'Run', 'Source', 'StateStore', 'UsageSource', 'build_sources']
+__all__ = [
+    'CostsSource',
+    'LimitsSource',
+    'NameSource',
+    'Outcome',
+    'Run',
+    'Source',
+    'StateStore',
+    'UsageSource',
+    'UtilizationSource',
+    'build_headroom_sources',
+    'build_sources',
+]
 
 
 def build_sources(config, state: StateStore, log, stale_after: float | None) -> list[Source]:
@@ -27,4 +41,19 @@ def build_sources(config, state: StateStore, log, stale_after: float | None) -> 
     if config.collect_costs:
         # Costs come in daily buckets only.
         sources.append(CostsSource(COSTS_ENDPOINT, '1d', dims(COSTS_ENDPOINT), windows, state, log, stale_after))
+    return sources
+
+
+def build_headroom_sources(config, names: NameSource, log) -> list[Source]:
+    """The headroom reads of one account, to run after the data sources (the limits build on the costs of the run).
+
+    The limits first (read at the names refresh), then one per-minute read per usage endpoint with per-minute
+    limits among those collected."""
+    if not config.collect_headroom:
+        return []
+    limits = LimitsSource(names, log)
+    sources: list[Source] = [limits]
+    for name in config.usage_endpoints:
+        if name in PER_MINUTE_LIMITS:
+            sources.append(UtilizationSource(ENDPOINTS_BY_NAME[name], limits, config.utilization_window_minutes, log))
     return sources

@@ -46,6 +46,8 @@ class Outcome:
     rows: int = 0
     malformed: int = 0
     baseline: bool = False
+    # Figures a later source of the same run builds on (costs: the month-to-date totals and the daily rate), by name.
+    derived: dict[str, Any] = field(default_factory=dict)
 
 
 class StateStore:
@@ -70,6 +72,10 @@ class Source:
     group_by: tuple[str, ...] = ()
     # When the source's data was last read in full, as far as its saved state goes (None: never, or no data).
     read_at: float | None = None
+    # Whether the source is one of the account's data (usage, costs) in the run's verdict (health.verdict). The
+    # headroom reads are not: reading limits alone is not a run that read something, and their failure warns
+    # without failing the run.
+    in_verdict: bool = True
 
     def collect(self, run: Run) -> Outcome:
         raise NotImplementedError
