@@ -97,14 +97,14 @@ class Limits:
 
     def __init__(self, org: Organization):
         self.rate: dict[str, list[dict]] = {}
-        self.spend: dict[str | None, dict | None] = {None: spend_limit('organization', 2_500_000)}
+        self.spend: dict[str | None, dict | None] = {None: spend_limit('organization', 250_000)}
         by_name: dict[str, int] = {}
         for project in org.projects:
             self.rate[project.id] = rate_limits_for(SCALE.get(project.name, DEFAULT_SCALE))
             seen = by_name.get(project.name, 0)
             by_name[project.name] = seen + 1
             if project.name == 'Production':
-                self.spend[project.id] = spend_limit('project', 1_500_000)
+                self.spend[project.id] = spend_limit('project', 150_000)
             elif project.name == 'Staging':
                 self.spend[project.id] = spend_limit('project', 200_000, 'inactive')
             elif project.name == 'Sandbox' and not seen:

@@ -205,7 +205,8 @@ class Faults:
         connection drop, `'sent'` declares only what is sent so the client gets invalid JSON),
         `non_json` (an HTML error page, `status` default 502), `empty_body` (`status` default 200),
         `disconnect` (the socket is closed without a response). With `on_later_pages=True` the fault only
-        hits requests for a next page (those with a `page` cursor), so a query's first page is answered."""
+        hits requests for a next page (those with a `page` cursor), so a query's first page is answered; with
+        `bucket_width='1m'` only requests for that bucket width (the per-minute reads of the headroom)."""
         if isinstance(kind, int) or (isinstance(kind, str) and kind.isdigit()):
             options['status'] = int(kind)
             kind = 'status'
@@ -235,6 +236,9 @@ class Faults:
 
     def matches(self, fault: Fault, route: str | None, path: str, query: dict | None = None) -> bool:
         if fault.options.get('on_later_pages') and not (query or {}).get('page'):
+            return False
+        width = fault.options.get('bucket_width')
+        if width is not None and (query or {}).get('bucket_width', [None])[-1] != width:
             return False
         if fault.match == '*':
             return True
