@@ -204,7 +204,7 @@ def _reason(fault, options):
 
 def test_retry_after_is_honoured_within_the_time_budget(clock, sim, make_check, dd_run_check, aggregator):
     sim.faults.add('completions', 429, count=2, retry_after=7)
-    check = make_check(usage_endpoints=['completions'], collect_costs=False)
+    check = make_check(usage_endpoints=['completions'], collect_costs=False, collect_headroom=False)
     started = clock.now()
     dd_run_check(check)
     times = [r.time for r in sim.requests_to('completions')]
@@ -362,7 +362,15 @@ def test_the_readmes_metric_patterns_example_drops_the_modality_splits(
 def test_contexts_is_the_number_of_distinct_metric_contexts_a_run_sent_per_endpoint(
     group_by, org, clock, sim, make_check, dd_run_check, aggregator
 ):
-    from datadog_checks.openai.catalogue import ENDPOINTS, MONTH_TO_DATE, PROJECT_MONTH_TO_DATE
+    from datadog_checks.openai.catalogue import (
+        ENDPOINTS,
+        HEADROOM_METRICS,
+        MONTH_TO_DATE,
+        PER_MINUTE_LIMITS,
+        PROJECT_MONTH_TO_DATE,
+        PROJECT_PROJECTED_MONTH_END,
+        PROJECTED_MONTH_END,
+    )
 
     check = make_check(**({'group_by': group_by} if group_by else {}))
     clock.advance(30 * H)
@@ -375,13 +383,22 @@ def test_contexts_is_the_number_of_distinct_metric_contexts_a_run_sent_per_endpo
         tags['endpoint']: m.value
         for m, tags in zip(aggregator.metrics('openai.check.contexts'), tags_of(aggregator, 'openai.check.contexts'))
     }
-    assert set(reported) == {e.name for e in ENDPOINTS}
+    per_minute = {f'{name}_per_minute' for name in PER_MINUTE_LIMITS}
+    assert set(reported) == {e.name for e in ENDPOINTS} | {'limits'} | per_minute
     for endpoint in ENDPOINTS:
         names = {endpoint.metric_name(f) for f in endpoint.fields}
         if endpoint.kind == 'costs':
             names |= {MONTH_TO_DATE.name, PROJECT_MONTH_TO_DATE.name}
         sent = {(name, frozenset(m.tags)) for name in names for m in aggregator.metrics(name)}
         assert reported[endpoint.name] == len(sent), endpoint.name
+    # The headroom: the spend limits and projections, and the per-minute reads' utilizations and limits (the
+    # simulator's endpoints share no model, so no context is sent by two of them).
+    spend = {m.name for m in HEADROOM_METRICS if m.name.startswith('openai.api.spend_limit.')}
+    spend |= {PROJECTED_MONTH_END.name, PROJECT_PROJECTED_MONTH_END.name}
+    rate = {m.name for m in HEADROOM_METRICS if m.name.startswith('openai.api.rate_limits.')}
+    for source, names in (({'limits'}, spend), (per_minute, rate)):
+        sent = {(name, frozenset(m.tags)) for name in names for m in aggregator.metrics(name)}
+        assert sum(reported[s] for s in source) == len(sent) > 0, source
     # Not a count of series: a completions series reports several fields.
     series = {m.value for m in aggregator.metrics('openai.check.series') if 'endpoint:completions' in m.tags}
     assert reported['completions'] > max(series) > 0
@@ -393,7 +410,7 @@ def test_series_whose_tags_come_out_the_same_count_as_one_context(
     # As if two models' names normalised to one tag value: the Agent would merge their series into one context.
     from datadog_checks.openai.tags import TagBuilder
 
-    check = make_check(usage_endpoints=['completions'], collect_costs=False)
+    check = make_check(usage_endpoints=['completions'], collect_costs=False, collect_headroom=False)
     own = TagBuilder.dimension_tags
     monkeypatch.setattr(
         TagBuilder,

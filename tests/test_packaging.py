@@ -48,6 +48,8 @@ OWN_OPTIONS = [
     'resolve_api_key_names',
     'resolve_user_emails',
     'names_refresh_interval',
+    'collect_headroom',
+    'utilization_window_minutes',
     'time_budget',
     'max_retries',
 ]
@@ -348,6 +350,7 @@ def test_the_spec_holds_the_bounds_and_the_model_enforces_them_with_the_checks_m
         'revision_window_hours',
         'costs_revision_window_days',
         'max_catch_up_hours',
+        'utilization_window_minutes',
         'time_budget',
         'max_retries',
     }
@@ -360,6 +363,7 @@ def test_the_spec_holds_the_bounds_and_the_model_enforces_them_with_the_checks_m
         'revision_window_hours': 0,
         'costs_revision_window_days': 0,
         'max_catch_up_hours': bounds['max_catch_up_hours']['maximum'] + 1,
+        'utilization_window_minutes': bounds['utilization_window_minutes']['maximum'] + 1,
         'time_budget': 0,
         'max_retries': -1,
     }

@@ -108,9 +108,11 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             self.clock,
             list_projects=config.collect_headroom,
         )
-        # After the data sources: the limits compare the month's costs of the same run with the spend limits.
-        self.sources += build_headroom_sources(config, self.names, self.log)
-        self.sources_by_name = {s.name: s for s in self.sources}
+        # Read after the data sources (the limits compare the month's costs of the same run with the spend limits), and
+        # apart from them: reading limits alone is not a run that read something, and a headroom read that fails
+        # warns without counting in the run's verdict.
+        self.headroom: list[Source] = build_headroom_sources(config, self.names, self.log)
+        self.sources_by_name.update((s.name, s) for s in self.headroom)
         self.tags = TagBuilder(self.base_tags, self.names)
 
     # -- a run -----------------------------------------------------------------------------------
@@ -179,7 +181,7 @@ class OpenAICheck(AgentCheck, ConfigMixin):
 
     def collect_all(self, run: Run) -> list[Outcome]:
         outcomes = []
-        for source in self.sources:
+        for source in self.sources + self.headroom:
             outcome = self.collect(source, run)
             if outcome is None:
                 continue
@@ -249,9 +251,8 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             read_at = self.sources_by_name[outcome.source].read_at
             if read_at is not None:
                 lags[outcome.source] = max(0.0, run.now - read_at)
-        # The headroom reads warn when they fail but do not decide the verdict (see Source.in_verdict).
-        expected = [s.name for s in self.sources if s.in_verdict]
-        data = [o for o in outcomes if self.sources_by_name[o.source].in_verdict]
+        expected = [s.name for s in self.sources]
+        data = [o for o in outcomes if o.source in expected]
         status, message = health.verdict(data, expected, run.client.stats.rate_limited)
         message = self.scrubber.message(message)
         health.report(self, run.client.stats, lags, status, message, self.monotonic() - started)

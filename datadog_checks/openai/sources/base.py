@@ -72,10 +72,6 @@ class Source:
     group_by: tuple[str, ...] = ()
     # When the source's data was last read in full, as far as its saved state goes (None: never, or no data).
     read_at: float | None = None
-    # Whether the source is one of the account's data (usage, costs) in the run's verdict (health.verdict). The
-    # headroom reads are not: reading limits alone is not a run that read something, and their failure warns
-    # without failing the run.
-    in_verdict: bool = True
 
     def collect(self, run: Run) -> Outcome:
         raise NotImplementedError

@@ -63,7 +63,6 @@ def _count(value) -> bool:
 
 class LimitsSource(Source):
     name = 'limits'
-    in_verdict = False
 
     def __init__(self, names: NameSource, log):
         self.names = names

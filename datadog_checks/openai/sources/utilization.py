@@ -29,8 +29,6 @@ LIMIT_DIMS = ('project_id', 'model')
 
 
 class UtilizationSource(Source):
-    in_verdict = False
-
     def __init__(self, endpoint: Endpoint, limits: LimitsSource, minutes: int, log):
         self.endpoint = endpoint
         self.name = f'{endpoint.name}_per_minute'
