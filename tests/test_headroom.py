@@ -432,3 +432,41 @@ def test_widening_the_costs_window_over_an_older_state_submits_no_day_twice(
     for key, fields in reported_totals(org, 'costs', group_by, org.traffic_start, int(first) + D, first).items():
         expected[key]['amount'] -= fields['amount']
     assert_same_totals(submitted_totals('costs', group_by), expected, 'costs')
+
+
+def test_odd_limit_answers_are_no_limit_or_a_warning_and_spare_the_rest(
+    org, clock, sim, make_check, dd_run_check, aggregator
+):
+    clock.advance(36 * H)
+    by_name = {p.name: p for p in org.projects}
+    production, staging = by_name['Production'], by_name['Staging']
+    # An empty answer is no limit; a threshold that is not a number of cents is a warning, and no gauge.
+    sim.limits.spend[production.id] = {'object': 'project.spend_limit'}
+    sim.limits.spend[staging.id] = dict(sim.limits.spend[staging.id], threshold_amount='a lot')
+    sim.limits.rate[production.id][0] = {'object': 'project.rate_limit', 'id': 'rl-x', 'max_requests_per_1_minute': 5}
+    sim.limits.rate[production.id][1]['max_tokens_per_1_minute'] = -3
+    check = make_check(usage_endpoints=['completions'])
+    dd_run_check(check)
+    pid = {p.id: normalized('project_id', p.id) for p in org.projects}
+    threshold = last_gauges(aggregator, 'openai.api.spend_limit.threshold', 'scope', 'project_id')
+    assert ('project', pid[production.id]) not in threshold and ('project', pid[staging.id]) not in threshold
+    assert ('organization', '') in threshold and len(threshold) == 3
+    assert any(
+        f'Spend limit of project {staging.id} not refreshed: OpenAI sent a spend limit without a usable '
+        'threshold_amount' in w
+        for w in check.warnings
+    ), check.warnings
+    assert any(
+        f'Rate limits of project {production.id}: 2 malformed entries or fields were skipped.' in w
+        for w in check.warnings
+    ), check.warnings
+    # The entry with a bad field keeps its good ones; the model of the entry without a model has no limit now.
+    assert sim.limits.rate[production.id][1]['model'] == 'gpt-4o-mini'
+    rpm = last_gauges(aggregator, 'openai.api.rate_limits.max_requests_per_1_minute', 'project_id', 'model')
+    tpm = last_gauges(aggregator, 'openai.api.rate_limits.max_tokens_per_1_minute', 'project_id', 'model')
+    assert (pid[production.id], 'gpt-4o-mini') in rpm and (pid[production.id], 'gpt-4o-mini') not in tpm
+    utilization = last_gauges(aggregator, 'openai.api.rate_limits.utilization', 'project_id', 'model')
+    assert (pid[production.id], 'gpt-4o') not in utilization
+    assert (pid[production.id], 'o3') in utilization, 'the other models of the project keep their limits'
+    [status] = aggregator.service_checks('openai.can_connect')
+    assert status.status == AgentCheck.OK
