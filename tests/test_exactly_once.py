@@ -439,3 +439,30 @@ def test_a_cluster_check_restarted_on_its_runner_goes_on_from_its_state(org, clo
     dd_run_check(check)
     assert not any('another runner' in w for w in check.warnings)
     assert_exact(org, clock.now(), endpoints=('completions',))
+
+
+def test_raising_the_revision_window_over_a_saved_state_submits_no_bucket_twice(
+    org, clock, sim, make_check, dd_run_check
+):
+    # The wider window reads buckets the saved state no longer compares: they were final for it, and must not be
+    # submitted again (they were, at every run, until the window start passed the old horizon).
+    options = dict(usage_endpoints=['completions'], collect_costs=False, collect_headroom=False)
+    clock.advance(30 * H)
+    first = clock.now()
+    check = make_check(**options)
+    for _ in range(24):
+        dd_run_check(check)
+        clock.advance(300)
+    check = make_check(revision_window_hours=12, **options)
+    for _ in range(24):
+        dd_run_check(check)
+        clock.advance(300)
+    dd_run_check(check)
+    now = clock.now()
+    group_by = DEFAULT_GROUP_BY['completions']
+    # The first run recorded a baseline of what OpenAI reported then; every increase since was submitted, once.
+    expected = reported_totals(org, 'completions', group_by, org.traffic_start, int(now) + H, now)
+    for key, fields in reported_totals(org, 'completions', group_by, org.traffic_start, int(first) + H, first).items():
+        for f, v in fields.items():
+            expected[key][f] -= v
+    assert_same_totals(submitted_totals('completions', group_by), expected, 'completions')
