@@ -38,9 +38,17 @@ from datadog_checks.openai.catalogue import (
     MONTH_TO_DATE,
     NAME_TAGS,
     PROJECT_MONTH_TO_DATE,
+    PROJECT_PROJECTED_MONTH_END,
+    PROJECTED_MONTH_END,
+    RATE_LIMIT_FIELDS,
+    RATE_LIMIT_UTILIZATION,
     RUN_DURATION,
     SERIES,
     SERVICE_CHECK,
+    SPEND_LIMIT_DAYS_LEFT,
+    SPEND_LIMIT_PROJECTED_UTILIZATION,
+    SPEND_LIMIT_THRESHOLD,
+    SPEND_LIMIT_UTILIZATION,
     STATE_SIZE,
     all_metrics,
 )
@@ -68,6 +76,19 @@ def metric_tag_keys() -> dict[str, frozenset[str]]:
     # check.submit_month_to_date
     tags[MONTH_TO_DATE.name] = frozenset({ACCOUNT_TAG, 'currency'})
     tags[PROJECT_MONTH_TO_DATE.name] = frozenset({ACCOUNT_TAG, 'project_id', 'project_name', 'currency'})
+    # sources/limits.py and sources/utilization.py
+    tags[PROJECTED_MONTH_END.name] = tags[MONTH_TO_DATE.name]
+    tags[PROJECT_PROJECTED_MONTH_END.name] = tags[PROJECT_MONTH_TO_DATE.name]
+    for f in RATE_LIMIT_FIELDS:
+        tags[f.metric] = frozenset({ACCOUNT_TAG, 'project_id', 'project_name', 'model'})
+    tags[RATE_LIMIT_UTILIZATION.name] = frozenset({ACCOUNT_TAG, 'project_id', 'project_name', 'model', 'limit'})
+    for metric in (
+        SPEND_LIMIT_THRESHOLD,
+        SPEND_LIMIT_UTILIZATION,
+        SPEND_LIMIT_PROJECTED_UTILIZATION,
+        SPEND_LIMIT_DAYS_LEFT,
+    ):
+        tags[metric.name] = frozenset({ACCOUNT_TAG, 'scope', 'project_id', 'project_name', 'currency', 'enforcement'})
     # check.report_health and check.commit
     tags[CAN_CONNECT.name] = frozenset({ACCOUNT_TAG})
     tags[API_REQUESTS.name] = frozenset({ACCOUNT_TAG, 'endpoint', 'status_code'})
@@ -99,6 +120,10 @@ SERVICE_CHECK_TAGS = frozenset({ACCOUNT_TAG})
 ALL_TAGS = frozenset().union(*METRIC_TAGS.values(), SERVICE_CHECK_TAGS)
 
 
+# The source of the metrics of OpenAI's limits (sources/limits.py, sources/utilization.py).
+HEADROOM = 'headroom'
+
+
 def metric_source(metric: str) -> str:
     """The OpenAI endpoint a metric comes from ('completions', 'costs'...), 'check' for health metrics, or
     DATADOG_INTEGRATION for a metric of Datadog's own OpenAI integration."""
@@ -109,6 +134,8 @@ def metric_source(metric: str) -> str:
             return endpoint.name
     if metric.startswith(f'{INTEGRATION}.api.costs.'):
         return 'costs'
+    if metric.startswith((f'{INTEGRATION}.api.rate_limits.', f'{INTEGRATION}.api.spend_limit.')):
+        return HEADROOM
     if metric.startswith(f'{INTEGRATION}.api.usage.'):
         return 'estimates'  # sources/estimates.py: derived from every usage endpoint
     return 'check'
@@ -437,6 +464,10 @@ EXPECTED_MONITORS = {
     'token_usage_anomaly.json',
     'can_connect.json',
     'data_stale.json',
+    'rate_limit_requests.json',
+    'rate_limit_tokens.json',
+    'spend_limit_projected.json',
+    'spend_limit_reached.json',
 }
 # Widgets allowed to put two endpoints in one formula: the ratio is meaningless without both.
 CROSS_ENDPOINT_FORMULAS = {
@@ -826,6 +857,50 @@ def test_monitor_contents():
     message = load_json(MONITOR_DIR / 'can_connect.json')['definition']['message']
     assert 'https://platform.openai.com/settings/organization/admin-keys' in message
     assert 'proxy' in message
+    for name, limit in (
+        ('rate_limit_requests.json', 'max_requests_per_1_minute'),
+        ('rate_limit_tokens.json', 'max_tokens_per_1_minute'),
+    ):
+        rate = query_of(name)
+        assert rate.terms[0].metric == RATE_LIMIT_UTILIZATION.name and rate.terms[0].filters == [f'limit:{limit}']
+        assert {'project_id', 'model'} <= set(rate.group_by) and rate.comparator == '>=' and rate.threshold == 0.95
+        assert load_json(MONITOR_DIR / name)['definition']['options']['thresholds']['warning'] == 0.8
+    projected = query_of('spend_limit_projected.json')
+    assert projected.terms[0].metric == SPEND_LIMIT_PROJECTED_UTILIZATION.name
+    assert projected.comparator == '>=' and projected.threshold == 1
+    reached = query_of('spend_limit_reached.json')
+    assert reached.terms[0].metric == SPEND_LIMIT_UTILIZATION.name
+    assert reached.comparator == '>=' and reached.threshold == 1
+    for spend in (projected, reached):
+        assert {ACCOUNT_TAG, 'scope', 'project_id'} <= set(spend.group_by)
+
+
+def test_headroom_on_the_dashboards():
+    """The usage overview ends with its Headroom group; the costs dashboard draws the organization's hard spend limit
+    on its month-to-date chart."""
+    board = load_json(DASHBOARD_DIR / 'openai_usage_overview.json')
+    last = board['widgets'][-1]['definition']
+    assert last['type'] == 'group' and last['title'].startswith('Headroom')
+    metrics = {q.metric for w in iter_widgets(last['widgets']) for q in _widget_queries(w)}
+    assert {
+        RATE_LIMIT_UTILIZATION.name,
+        SPEND_LIMIT_THRESHOLD.name,
+        SPEND_LIMIT_UTILIZATION.name,
+        PROJECTED_MONTH_END.name,
+    } <= metrics
+    costs = load_json(DASHBOARD_DIR / 'openai_costs_budget.json')
+    chart = next(
+        w for w in iter_widgets(costs['widgets']) if w['definition'].get('title') == 'Month-to-date spend vs budget'
+    )
+    queries = list(_widget_queries(chart))
+    assert {q.metric for q in queries} == {MONTH_TO_DATE.name, SPEND_LIMIT_THRESHOLD.name}
+    limit = next(q for q in queries if q.metric == SPEND_LIMIT_THRESHOLD.name)
+    assert 'scope:organization' in limit.filters, 'the project limits are not the organization month-to-date line'
+
+
+def _widget_queries(widget: dict) -> Iterator[MetricQuery]:
+    for request in widget['definition'].get('requests', []):
+        yield from Request('', widget, request).queries().values()
 
 
 @pytest.mark.parametrize(
@@ -978,6 +1053,11 @@ def test_readme_names_every_metric_family_and_endpoint():
     for endpoint in ENDPOINTS:
         assert f'`{endpoint.name}`' in text, endpoint.name
     for metric in all_metrics():
-        if metric_source(metric.name) in ('check',) or metric.name in (MONTH_TO_DATE.name, PROJECT_MONTH_TO_DATE.name):
+        if metric_source(metric.name) in ('check', HEADROOM) or metric.name in (
+            MONTH_TO_DATE.name,
+            PROJECT_MONTH_TO_DATE.name,
+            PROJECTED_MONTH_END.name,
+            PROJECT_PROJECTED_MONTH_END.name,
+        ):
             assert metric.name in text, metric.name
     assert SERVICE_CHECK in text

@@ -206,7 +206,7 @@ def _reason(fault, options):
 
 def test_retry_after_is_honoured_within_the_time_budget(clock, sim, make_check, dd_run_check, aggregator):
     sim.faults.add('completions', 429, count=2, retry_after=7)
-    check = make_check(usage_endpoints=['completions'], collect_costs=False)
+    check = make_check(usage_endpoints=['completions'], collect_costs=False, collect_headroom=False)
     started = clock.now()
     dd_run_check(check)
     times = [r.time for r in sim.requests_to('completions')]
@@ -367,10 +367,14 @@ def test_contexts_is_the_number_of_distinct_metric_contexts_a_run_sent_per_endpo
     from datadog_checks.openai.catalogue import (
         CACHED_SAVINGS,
         ENDPOINTS,
-        ESTIMATE_RATIO,
         ESTIMATED_COST,
+        ESTIMATE_RATIO,
+        HEADROOM_METRICS,
         MONTH_TO_DATE,
+        PER_MINUTE_LIMITS,
+        PROJECTED_MONTH_END,
         PROJECT_MONTH_TO_DATE,
+        PROJECT_PROJECTED_MONTH_END,
         TIER_SAVINGS,
         UNPRICED_LINE_ITEMS,
         UNPRICED_TOKENS,
@@ -387,7 +391,8 @@ def test_contexts_is_the_number_of_distinct_metric_contexts_a_run_sent_per_endpo
         tags['endpoint']: m.value
         for m, tags in zip(aggregator.metrics('openai.check.contexts'), tags_of(aggregator, 'openai.check.contexts'))
     }
-    assert set(reported) == {e.name for e in ENDPOINTS} | {'estimates'}
+    per_minute = {f'{name}_per_minute' for name in PER_MINUTE_LIMITS}
+    assert set(reported) == {e.name for e in ENDPOINTS} | {'estimates', 'limits'} | per_minute
     estimates = {ESTIMATED_COST.name, CACHED_SAVINGS.name, UNPRICED_TOKENS.name, ESTIMATE_RATIO.name}
     estimates |= {UNPRICED_LINE_ITEMS.name, TIER_SAVINGS.name}
     sent = {(name, frozenset(m.tags)) for name in estimates for m in aggregator.metrics(name)}
@@ -398,6 +403,14 @@ def test_contexts_is_the_number_of_distinct_metric_contexts_a_run_sent_per_endpo
             names |= {MONTH_TO_DATE.name, PROJECT_MONTH_TO_DATE.name}
         sent = {(name, frozenset(m.tags)) for name in names for m in aggregator.metrics(name)}
         assert reported[endpoint.name] == len(sent), endpoint.name
+    # The headroom: the spend limits and projections, and the per-minute reads' utilizations and limits (the
+    # simulator's endpoints share no model, so no context is sent by two of them).
+    spend = {m.name for m in HEADROOM_METRICS if m.name.startswith('openai.api.spend_limit.')}
+    spend |= {PROJECTED_MONTH_END.name, PROJECT_PROJECTED_MONTH_END.name}
+    rate = {m.name for m in HEADROOM_METRICS if m.name.startswith('openai.api.rate_limits.')}
+    for source, names in (({'limits'}, spend), (per_minute, rate)):
+        sent = {(name, frozenset(m.tags)) for name in names for m in aggregator.metrics(name)}
+        assert sum(reported[s] for s in source) == len(sent) > 0, source
     # Not a count of series: a completions series reports several fields.
     series = {m.value for m in aggregator.metrics('openai.check.series') if 'endpoint:completions' in m.tags}
     assert reported['completions'] > max(series) > 0
@@ -409,7 +422,7 @@ def test_series_whose_tags_come_out_the_same_count_as_one_context(
     # As if two models' names normalised to one tag value: the Agent would merge their series into one context.
     from datadog_checks.openai.tags import TagBuilder
 
-    check = make_check(usage_endpoints=['completions'], collect_costs=False)
+    check = make_check(usage_endpoints=['completions'], collect_costs=False, collect_headroom=False)
     own = TagBuilder.dimension_tags
     monkeypatch.setattr(
         TagBuilder,

@@ -87,7 +87,14 @@ def test_the_expected_metrics_are_the_published_ones():
         'openai.api.costs.estimate_ratio',
         'openai.api.costs.unpriced_line_items',
     }
-    figures = {m: t for m, t in published.items() if m.startswith('openai.api.') and m not in derived}
+    # The headroom's gauges (limits, utilizations, projections) are tests/test_headroom.py's.
+    derived |= {'openai.api.costs.projected_month_end', 'openai.api.costs.project_projected_month_end'}
+    headroom = ('openai.api.rate_limits.', 'openai.api.spend_limit.')
+    figures = {
+        m: t
+        for m, t in published.items()
+        if m.startswith('openai.api.') and m not in derived and not m.startswith(headroom)
+    }
     assert figures == ours
     assert set(FLOW_METRICS) | set(LEVEL_METRICS) == set(ALL) == set(DEFAULT_GROUP_BY)
 
@@ -227,8 +234,13 @@ def test_a_steady_run_makes_the_fewest_requests_the_api_allows(org, clock, sim, 
     clock.advance(300)
     sim.clear_log()
     dd_run_check(check)
-    usage = [r for r in sim.requests if '/usage/' in r.path or r.path.endswith('/costs')]
-    # One request per endpoint: the 6 h window of hourly buckets fits one page of the largest limit.
+    usage = [
+        r
+        for r in sim.requests
+        if ('/usage/' in r.path or r.path.endswith('/costs')) and r.param('bucket_width') != '1m'
+    ]
+    # One request per endpoint: the 6 h window of hourly buckets fits one page of the largest limit. (The headroom's
+    # per-minute reads are tests/test_headroom.py's.)
     assert sorted(r.endpoint for r in usage) == sorted(ALL)
     for r in usage:
         width = r.param('bucket_width')
@@ -327,7 +339,7 @@ def test_a_first_run_that_cannot_read_every_page_of_its_history_never_submits_th
     # fails on the first run, which cannot record half a baseline: the next run would then submit the
     # history of the buckets the first one did not read.
     options = dict(usage_endpoints=['completions'], collect_costs=False, revision_window_hours=200)
-    options['max_catch_up_hours'] = 240
+    options.update(max_catch_up_hours=240, collect_headroom=False)  # the hourly reads alone
     clock.advance(10 * D + 17 * 60)
     sim.faults.add('completions', 503, count=None, on_later_pages=True)
     check = make_check(**options)
@@ -360,7 +372,12 @@ def test_a_first_run_that_cannot_read_every_page_of_its_history_never_submits_th
 
 
 def test_a_catch_up_longer_than_one_page_reads_every_page(org, clock, sim, make_check, dd_run_check):
-    check = make_check(usage_endpoints=['completions', 'embeddings'], collect_costs=False, max_catch_up_hours=240)
+    check = make_check(
+        usage_endpoints=['completions', 'embeddings'],
+        collect_costs=False,
+        max_catch_up_hours=240,
+        collect_headroom=False,
+    )
     dd_run_check(check)
     clock.advance(9 * D + 300)  # 217 hourly buckets since the last read: two pages of 168
     sim.clear_log()
@@ -391,7 +408,8 @@ def test_after_many_runs_the_state_holds_only_the_re_read_window(org, clock, sim
     horizons = {
         'completions': floor_to(now - 6 * H, H),
         'vector_stores': floor_to(now - 6 * H, H),
-        'costs': min(month_start(now), floor_to(now - 3 * D, D)),
+        # From the first of the month, and back over 3 days of revisions and the 7 complete days of the projection.
+        'costs': min(month_start(now), floor_to(now - 3 * D, D), floor_to(now, D) - 7 * D),
     }
     for name, ledger in saved.items():
         assert ledger['horizon'] == horizons[name], name
@@ -409,7 +427,7 @@ def test_after_many_runs_the_state_holds_only_the_re_read_window(org, clock, sim
 
 def test_a_one_hour_revision_window_still_gets_every_revision(org, clock, sim, make_check, dd_run_check):
     # Buckets settle 20 minutes after they close: a one-hour window must still re-read the previous bucket.
-    check = make_check(revision_window_hours=1, collect_costs=False)
+    check = make_check(revision_window_hours=1, collect_costs=False, collect_headroom=False)
     for _ in range(12 * 10):
         dd_run_check(check)
         clock.advance(300)
@@ -432,3 +450,30 @@ def test_a_cluster_check_restarted_on_its_runner_goes_on_from_its_state(org, clo
     dd_run_check(check)
     assert not any('another runner' in w for w in check.warnings)
     assert_exact(org, clock.now(), endpoints=('completions',))
+
+
+def test_raising_the_revision_window_over_a_saved_state_submits_no_bucket_twice(
+    org, clock, sim, make_check, dd_run_check
+):
+    # The wider window reads buckets the saved state no longer compares: they were final for it, and must not be
+    # submitted again (they were, at every run, until the window start passed the old horizon).
+    options = dict(usage_endpoints=['completions'], collect_costs=False, collect_headroom=False)
+    clock.advance(30 * H)
+    first = clock.now()
+    check = make_check(**options)
+    for _ in range(24):
+        dd_run_check(check)
+        clock.advance(300)
+    check = make_check(revision_window_hours=12, **options)
+    for _ in range(24):
+        dd_run_check(check)
+        clock.advance(300)
+    dd_run_check(check)
+    now = clock.now()
+    group_by = DEFAULT_GROUP_BY['completions']
+    # The first run recorded a baseline of what OpenAI reported then; every increase since was submitted, once.
+    expected = reported_totals(org, 'completions', group_by, org.traffic_start, int(now) + H, now)
+    for key, fields in reported_totals(org, 'completions', group_by, org.traffic_start, int(first) + H, first).items():
+        for f, v in fields.items():
+            expected[key][f] -= v
+    assert_same_totals(submitted_totals('completions', group_by), expected, 'completions')

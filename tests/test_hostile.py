@@ -90,6 +90,8 @@ def make(hostile, fake, state, aggregator):
             'collect_costs': False,
             'resolve_project_names': False,
             'resolve_api_key_names': False,
+            # One endpoint, and nothing else: these tests count its requests and bound its memory.
+            'collect_headroom': False,
             'max_retries': 1,
             **overrides,
         }

@@ -230,8 +230,8 @@ def test_costs_window_reaches_back_to_the_first_of_the_month():
     now = T0 + 20 * 86400 + 5 * H
     window = costs.plan(None, now)
     assert window.read_start == month_start(now) == T0
-    early = T0 + 86400 + H  # 2 January: three days back reaches into December
-    assert costs.plan(None, early).read_start == T0 - 2 * 86400
+    early = T0 + 86400 + H  # 2 January: the 7 complete days of the projection's daily rate reach into December
+    assert costs.plan(None, early).read_start == T0 - 6 * 86400
 
 
 def test_costs_string_amounts_currency_and_month_to_date():
@@ -497,8 +497,8 @@ def test_the_window_on_bucket_boundaries():
     )
     assert one_hour.plan(None, T0 + H).read_start == T0
     costs = Collector('costs', '1d', ('project_id', 'line_item'))
-    # 3 February: three days back is before the first of the month.
-    assert costs.plan(None, T0 + 33 * 86400).read_start == T0 + 30 * 86400
+    # 3 February: three days back, and the 7 complete days before today, are before the first of the month.
+    assert costs.plan(None, T0 + 33 * 86400).read_start == T0 + 26 * 86400
     # Away exactly max_catch_up_hours: nothing lost.
     ledger = c.run(PagesClient([bucket(T0)]), None, T0 + 6 * H).ledger
     window = c.plan(ledger, ledger.horizon + 48 * H)

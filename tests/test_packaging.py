@@ -50,6 +50,8 @@ OWN_OPTIONS = [
     'resolve_api_key_names',
     'resolve_user_emails',
     'names_refresh_interval',
+    'collect_headroom',
+    'utilization_window_minutes',
     'time_budget',
     'max_retries',
 ]
@@ -350,6 +352,7 @@ def test_the_spec_holds_the_bounds_and_the_model_enforces_them_with_the_checks_m
         'revision_window_hours',
         'costs_revision_window_days',
         'max_catch_up_hours',
+        'utilization_window_minutes',
         'time_budget',
         'max_retries',
     }
@@ -362,6 +365,7 @@ def test_the_spec_holds_the_bounds_and_the_model_enforces_them_with_the_checks_m
         'revision_window_hours': 0,
         'costs_revision_window_days': 0,
         'max_catch_up_hours': bounds['max_catch_up_hours']['maximum'] + 1,
+        'utilization_window_minutes': bounds['utilization_window_minutes']['maximum'] + 1,
         'time_budget': 0,
         'max_retries': -1,
     }

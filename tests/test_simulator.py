@@ -486,6 +486,9 @@ def _requests_for_every_route():
         (f'/organization/projects/{project.id}/api_keys', [('limit', 100)]),
         (f'/organization/projects/{project.id}/api_keys/{key.id}', []),
         (f'/organization/projects/{project.id}/rate_limits', []),
+        (f'/organization/projects/{project.id}/rate_limits', [('limit', 3), ('after', 'rl-gpt-4o-mini')]),
+        ('/organization/spend_limit', []),
+        (f'/organization/projects/{project.id}/spend_limit', []),
         ('/organization/users', []),
         (f'/organization/users/{ORG.users[0].id}', []),
     ]

@@ -326,6 +326,112 @@ UNPRICED_LINE_ITEMS = Metric(
     'usage of that kind gets no estimate.',
 )
 
+# -- headroom: how close each project is to OpenAI's own rate limits and spend limits --------------------------
+
+
+@dataclass(frozen=True)
+class RateLimitField:
+    """A field of OpenAI's project rate limit object, submitted as the gauge openai.api.rate_limits.<name>."""
+
+    name: str
+    unit: str
+    per_unit: str
+    description: str
+
+    @property
+    def metric(self) -> str:
+        return f'{METRIC_NAMESPACE}.api.rate_limits.{self.name}'
+
+
+RATE_LIMIT_FIELDS = (
+    RateLimitField('max_requests_per_1_minute', 'request', 'minute', 'Requests per minute'),
+    RateLimitField('max_tokens_per_1_minute', 'token', 'minute', 'Tokens per minute'),
+    RateLimitField('max_images_per_1_minute', 'item', 'minute', 'Images per minute'),
+    RateLimitField('max_audio_megabytes_per_1_minute', 'megabyte', 'minute', 'Audio megabytes per minute'),
+    RateLimitField('max_requests_per_1_day', 'request', 'day', 'Requests per day'),
+    RateLimitField('batch_1_day_max_input_tokens', 'token', 'day', 'Batch input tokens per day'),
+)
+RATE_LIMIT_FIELDS_BY_NAME = {f.name: f for f in RATE_LIMIT_FIELDS}
+
+# The usage endpoints whose figures count against a per-minute limit: limit field -> the result fields whose sum
+# per minute is what the limit bounds. Requests count num_model_requests, tokens input plus output tokens (where the
+# endpoint has output), images count images. Audio megabytes are not in any usage result: no utilization for them.
+PER_MINUTE_LIMITS: Mapping[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    'completions': (
+        ('max_requests_per_1_minute', ('num_model_requests',)),
+        ('max_tokens_per_1_minute', ('input_tokens', 'output_tokens')),
+    ),
+    'embeddings': (
+        ('max_requests_per_1_minute', ('num_model_requests',)),
+        ('max_tokens_per_1_minute', ('input_tokens',)),
+    ),
+    'moderations': (
+        ('max_requests_per_1_minute', ('num_model_requests',)),
+        ('max_tokens_per_1_minute', ('input_tokens',)),
+    ),
+    'images': (
+        ('max_requests_per_1_minute', ('num_model_requests',)),
+        ('max_images_per_1_minute', ('images',)),
+    ),
+    'audio_speeches': (('max_requests_per_1_minute', ('num_model_requests',)),),
+    'audio_transcriptions': (('max_requests_per_1_minute', ('num_model_requests',)),),
+}
+
+RATE_LIMIT_UTILIZATION = Metric(
+    f'{METRIC_NAMESPACE}.api.rate_limits.utilization',
+    'gauge',
+    'fraction',
+    'Peak per-minute usage of the trailing window divided by the project\'s rate limit for the model (1 = at the '
+    'limit), by project, model (as the limit names it) and limit. A lower bound for tokens: OpenAI also counts '
+    'max_tokens of admitted requests.',
+    orientation=-1,
+)
+SPEND_LIMIT_THRESHOLD = Metric(
+    f'{METRIC_NAMESPACE}.api.spend_limit.threshold',
+    'gauge',
+    'dollar',
+    'Hard spend limit of the month, for the organization (scope:organization) or a project (scope:project), by '
+    'currency and enforcement status.',
+)
+SPEND_LIMIT_UTILIZATION = Metric(
+    f'{METRIC_NAMESPACE}.api.spend_limit.utilization',
+    'gauge',
+    'fraction',
+    'Month-to-date cost divided by the hard spend limit (1 = reached).',
+    orientation=-1,
+)
+SPEND_LIMIT_PROJECTED_UTILIZATION = Metric(
+    f'{METRIC_NAMESPACE}.api.spend_limit.projected_utilization',
+    'gauge',
+    'fraction',
+    'Projected month-end cost divided by the hard spend limit (1 or more: the limit is reached before the month '
+    'ends at the rate of the last 7 complete days).',
+    orientation=-1,
+)
+SPEND_LIMIT_DAYS_LEFT = Metric(
+    f'{METRIC_NAMESPACE}.api.spend_limit.days_left',
+    'gauge',
+    'day',
+    'Days until the hard spend limit is reached at the average daily cost of the last 7 complete days (0: '
+    'reached; absent when that cost is 0).',
+    orientation=1,
+)
+PROJECTED_MONTH_END = Metric(
+    f'{METRIC_NAMESPACE}.api.costs.projected_month_end',
+    'gauge',
+    'dollar',
+    'Month-to-date cost plus the average daily cost of the last 7 complete days times the days left in the UTC '
+    'month, by currency. An estimate.',
+    orientation=-1,
+)
+PROJECT_PROJECTED_MONTH_END = Metric(
+    f'{METRIC_NAMESPACE}.api.costs.project_projected_month_end',
+    'gauge',
+    'dollar',
+    'Projected month-end cost of each project (as projected_month_end), by currency. An estimate.',
+    orientation=-1,
+)
+
 CAN_CONNECT = _health(
     'can_connect', 'gauge', '', '1 when the last run reached OpenAI with a valid admin key, else 0.', 1
 )
@@ -366,6 +472,21 @@ DERIVED_METRICS = (
     TIER_SAVINGS,
     ESTIMATE_RATIO,
     UNPRICED_LINE_ITEMS,
+    PROJECTED_MONTH_END,
+    PROJECT_PROJECTED_MONTH_END,
+)
+HEADROOM_METRICS = (
+    *(
+        Metric(
+            f.metric, 'gauge', f.unit, f"{f.description} of the model in the project (OpenAI's rate limit).", f.per_unit
+        )
+        for f in RATE_LIMIT_FIELDS
+    ),
+    RATE_LIMIT_UTILIZATION,
+    SPEND_LIMIT_THRESHOLD,
+    SPEND_LIMIT_UTILIZATION,
+    SPEND_LIMIT_PROJECTED_UTILIZATION,
+    SPEND_LIMIT_DAYS_LEFT,
 )
 HEALTH_METRICS = (
     CAN_CONNECT,
@@ -399,7 +520,7 @@ def field_metrics() -> list[Metric]:
 
 
 def all_metrics() -> list[Metric]:
-    return field_metrics() + list(DERIVED_METRICS) + list(HEALTH_METRICS)
+    return field_metrics() + list(DERIVED_METRICS) + list(HEADROOM_METRICS) + list(HEALTH_METRICS)
 
 
 METADATA_HEADER = (

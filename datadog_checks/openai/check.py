@@ -19,7 +19,7 @@ from .client import ACCEPT_ENCODING, AuthError, OpenAIClient, TimeBudget
 from .config_models import ConfigMixin, InstanceConfig
 from .config_models import validators as rules
 from .scrub import Scrubber, install_log_filter
-from .sources import NameSource, Outcome, Run, Source, StateStore, build_sources
+from .sources import NameSource, Outcome, Run, Source, StateStore, build_headroom_sources, build_sources
 from .tags import TagBuilder
 
 # A cluster check's state older than this many collection intervals is not caught up from.
@@ -100,12 +100,19 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         # a request per project and hour.
         grouped = {dim for s in self.sources for dim in s.group_by}
         self.names = NameSource(
-            config.resolve_project_names and 'project_id' in grouped,
+            # The headroom's metrics are all per project.
+            config.resolve_project_names and ('project_id' in grouped or config.collect_headroom),
             config.resolve_api_key_names and 'api_key_id' in grouped,
             config.resolve_user_emails and 'user_id' in grouped,
             config.names_refresh_interval,
             self.clock,
+            list_projects=config.collect_headroom,
         )
+        # Read after the data sources (the limits compare the month's costs of the same run with the spend limits), and
+        # apart from them: reading limits alone is not a run that read something, and a headroom read that fails
+        # warns without counting in the run's verdict.
+        self.headroom: list[Source] = build_headroom_sources(config, self.names, self.log)
+        self.sources_by_name.update((s.name, s) for s in self.headroom)
         self.tags = TagBuilder(self.base_tags, self.names)
 
     # -- a run -----------------------------------------------------------------------------------
@@ -174,7 +181,7 @@ class OpenAICheck(AgentCheck, ConfigMixin):
 
     def collect_all(self, run: Run) -> list[Outcome]:
         outcomes = []
-        for source in self.sources:
+        for source in self.sources + self.headroom:
             outcome = self.collect(source, run)
             if outcome is None:
                 continue
@@ -248,7 +255,8 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             if read_at is not None:
                 lags[outcome.source] = max(0.0, run.now - read_at)
         expected = [s.name for s in self.sources if not s.derived]
-        status, message = health.verdict(outcomes, expected, run.client.stats.rate_limited)
+        data = [o for o in outcomes if o.source in expected]
+        status, message = health.verdict(data, expected, run.client.stats.rate_limited)
         message = self.scrubber.message(message)
         health.report(self, run.client.stats, lags, status, message, self.monotonic() - started)
         if status == AgentCheck.CRITICAL:

@@ -1305,43 +1305,6 @@ class Organization:
             'owner': owner,
         }
 
-    def rate_limits(self, project_id: str) -> list[dict]:
-        rows = []
-        for m in CHAT_MODELS:
-            rows.append(
-                {
-                    'object': 'project.rate_limit',
-                    'id': f'rl-{m.name}',
-                    'model': m.name,
-                    'max_requests_per_1_minute': 10_000,
-                    'max_tokens_per_1_minute': 2_000_000,
-                    'batch_1_day_max_input_tokens': 200_000_000,
-                }
-            )
-        for name in IMAGE_MODELS:
-            rows.append(
-                {
-                    'object': 'project.rate_limit',
-                    'id': f'rl-{name}',
-                    'model': name,
-                    'max_requests_per_1_minute': 500,
-                    'max_tokens_per_1_minute': 0,
-                    'max_images_per_1_minute': 50,
-                }
-            )
-        for name in TRANSCRIPTION_MODELS:
-            rows.append(
-                {
-                    'object': 'project.rate_limit',
-                    'id': f'rl-{name}',
-                    'model': name,
-                    'max_requests_per_1_minute': 500,
-                    'max_tokens_per_1_minute': 0,
-                    'max_audio_megabytes_per_1_minute': 100,
-                }
-            )
-        return rows
-
     def describe(self) -> str:
         counts = ', '.join(f'{name} {t.n}' for name, t in self.traffic.items())
         return (

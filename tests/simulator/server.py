@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from datadog_checks.openai.catalogue import BUCKET_SECONDS, COSTS, ENDPOINTS, Endpoint
 
+from .limits import LIMIT_ROUTES, Limits
 from .openapi import OpenAPISpec, RequestError, load_spec
 from .organization import Organization, floor_to
 
@@ -46,6 +47,8 @@ ORGANIZATION_ID = 'org-simulator000000000000'
 
 USAGE_SCOPE = 'api.usage.read'
 MANAGEMENT_SCOPE = 'api.management.read'
+# The scope a key without the permission to read spend limits is told it misses (the simulator's wording).
+LIMITS_SCOPE = 'api.organization.limits.read'
 
 # Listing routes of the spec this server answers, by spec path template; usage and costs routes come
 # from the catalogue.
@@ -57,6 +60,7 @@ LIST_ROUTES = {
     '/organization/projects/{project_id}/rate_limits': 'rate_limits',
     '/organization/users': 'users',
     '/organization/users/{user_id}': 'user',
+    **LIMIT_ROUTES,
 }
 
 FAULT_KINDS = ('status', 'timeout', 'truncated', 'non_json', 'empty_body', 'disconnect')
@@ -201,7 +205,8 @@ class Faults:
         connection drop, `'sent'` declares only what is sent so the client gets invalid JSON),
         `non_json` (an HTML error page, `status` default 502), `empty_body` (`status` default 200),
         `disconnect` (the socket is closed without a response). With `on_later_pages=True` the fault only
-        hits requests for a next page (those with a `page` cursor), so a query's first page is answered."""
+        hits requests for a next page (those with a `page` cursor), so a query's first page is answered; with
+        `bucket_width='1m'` only requests for that bucket width (the per-minute reads of the headroom)."""
         if isinstance(kind, int) or (isinstance(kind, str) and kind.isdigit()):
             options['status'] = int(kind)
             kind = 'status'
@@ -231,6 +236,9 @@ class Faults:
 
     def matches(self, fault: Fault, route: str | None, path: str, query: dict | None = None) -> bool:
         if fault.options.get('on_later_pages') and not (query or {}).get('page'):
+            return False
+        width = fault.options.get('bucket_width')
+        if width is not None and (query or {}).get('bucket_width', [None])[-1] != width:
             return False
         if fault.match == '*':
             return True
@@ -274,7 +282,8 @@ class SimulatorServer:
     refuse_costs_api_key_group_by (default True: costs answers group_by=api_key_id with a 400, as the
     live API was reported to), costs_cursor_on_last_page (costs sends a next_page with has_more false on
     its last page), costs_amount_as_string (amount.value as a string), restricted_keys (keys answered
-    with a 403 for a missing scope), lookback_seconds.
+    with a 403 for a missing scope), limits_denied_keys (keys that read everything but the spend limits, which
+    they are answered with a 403), lookback_seconds. `limits` (limits.Limits) holds the rate and spend limits.
     """
 
     def __init__(
@@ -287,6 +296,7 @@ class SimulatorServer:
         port: int = 0,
         spec: OpenAPISpec | None = None,
         restricted_keys: Iterable[str] = (),
+        limits_denied_keys: Iterable[str] = (),
         refuse_costs_api_key_group_by: bool = True,
         costs_cursor_on_last_page: bool = False,
         costs_amount_as_string: bool = False,
@@ -303,6 +313,8 @@ class SimulatorServer:
         self.port = port
         self.spec = spec or load_spec()
         self.restricted_keys = set(restricted_keys)
+        self.limits_denied_keys = set(limits_denied_keys)
+        self.limits = Limits(org)
         self.refuse_costs_api_key_group_by = refuse_costs_api_key_group_by
         self.costs_cursor_on_last_page = costs_cursor_on_last_page
         self.costs_amount_as_string = costs_amount_as_string
@@ -399,6 +411,8 @@ class SimulatorServer:
         denied = self._authorize(authorization, USAGE_SCOPE if endpoint is not None else MANAGEMENT_SCOPE)
         if denied is not None:
             return denied
+        if route in LIMIT_ROUTES.values() and self._key(authorization) in self.limits_denied_keys:
+            return _error(403, error_body(_insufficient(LIMITS_SCOPE)))
         try:
             valid = self.spec.validate_request(method, path, query)
         except RequestError as e:
@@ -413,6 +427,10 @@ class SimulatorServer:
         except RequestError as e:
             return _error(e.status, e.body())
 
+    @staticmethod
+    def _key(authorization: str | None) -> str:
+        return (authorization or '').partition(' ')[2].strip()
+
     def _authorize(self, authorization: str | None, scope: str) -> Response | None:
         scheme, _, key = (authorization or '').partition(' ')
         key = key.strip()
@@ -425,7 +443,7 @@ class SimulatorServer:
                     'https://platform.openai.com/account/api-keys.'
                 ),
             )
-        if key == self.admin_key:
+        if key == self.admin_key or key in self.limits_denied_keys:
             return None
         if key in self.restricted_keys:
             return _error(403, error_body(_insufficient(scope)))
@@ -624,7 +642,12 @@ class SimulatorServer:
                 return _error(404, error_body(f"No such API key: '{path_params['api_key_id']}'."))
             return Response(200, dumps(item))
         if route == 'rate_limits':
-            return Response(200, dumps(self._list(org.rate_limits(project.id), {'limit': 100, **params}, 1000)))
+            return Response(200, dumps(self._list(self.limits.rate_limits(project.id), {'limit': 100, **params}, 1000)))
+        if route in LIMIT_ROUTES.values():
+            limit = self.limits.spend_limit(path_params.get('project_id'))
+            if limit is None:
+                return _error(404, error_body('No hard spend limit is configured.'))
+            return Response(200, dumps(limit))
         if route in ('users', 'user'):
             users = [u.to_api() for u in org.users_at(now)]
             if route == 'users':

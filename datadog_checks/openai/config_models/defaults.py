@@ -32,6 +32,10 @@ def instance_collect_costs():
     return True
 
 
+def instance_collect_headroom():
+    return True
+
+
 def instance_costs_revision_window_days():
     return 3
 
@@ -149,3 +153,7 @@ def instance_usage_endpoints():
 
 def instance_use_legacy_auth_encoding():
     return True
+
+
+def instance_utilization_window_minutes():
+    return 60

@@ -67,6 +67,7 @@ class InstanceConfig(BaseModel):
     aws_service: Optional[str] = None
     bucket_width: Optional[Literal['1m', '1h', '1d']] = None
     collect_costs: Optional[bool] = None
+    collect_headroom: Optional[bool] = None
     connect_timeout: Optional[float] = None
     costs_revision_window_days: Optional[int] = Field(None, ge=1)
     disable_generic_tags: Optional[bool] = None
@@ -132,6 +133,7 @@ class InstanceConfig(BaseModel):
     ] = None
     use_legacy_auth_encoding: Optional[bool] = None
     username: Optional[str] = None
+    utilization_window_minutes: Optional[int] = Field(None, ge=1, le=1440)
 
     @model_validator(mode='before')
     def _initial_validation(cls, values):

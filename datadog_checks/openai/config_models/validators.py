@@ -210,6 +210,15 @@ def instance_max_catch_up_hours(value, field, **kwargs):
     return value
 
 
+def instance_utilization_window_minutes(value, field, **kwargs):
+    least, most = _bound(field, 'ge'), _bound(field, 'le')
+    if isinstance(value, int) and not isinstance(value, bool) and not least <= value <= most:
+        raise ValueError(
+            f'`utilization_window_minutes` must be between {least} and {most} (a day of minute buckets), not {value}.'
+        )
+    return value
+
+
 def instance_time_budget(value, field, **kwargs):
     if isinstance(value, (int, float)) and value <= _bound(field, 'gt'):
         raise ValueError('`time_budget` must be a positive number of seconds.')

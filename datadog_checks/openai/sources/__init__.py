@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-from ..catalogue import COSTS_ENDPOINT, ENDPOINTS_BY_NAME
+from ..catalogue import COSTS_ENDPOINT, ENDPOINTS_BY_NAME, PER_MINUTE_LIMITS
 from .base import Outcome, Run, Source, StateStore
 from .costs import CostsSource
 from .estimates import EstimateSource
+from .limits import LimitsSource
 from .names import NameSource
 from .usage import UsageSource, Windows
+from .utilization import UtilizationSource
 
 __all__ = [
     'CostsSource',
     'EstimateSource',
+    'LimitsSource',
     'NameSource',
     'Outcome',
     'Run',
     'Source',
     'StateStore',
     'UsageSource',
+    'UtilizationSource',
+    'build_headroom_sources',
     'build_sources',
 ]
 
@@ -42,4 +47,19 @@ def build_sources(config, state: StateStore, log, stale_after: float | None) -> 
         # Last: it prices the increases the usage sources submitted, with what the costs source read of the bill.
         usage = [s for s in sources if isinstance(s, UsageSource) and not isinstance(s, CostsSource)]
         sources.append(EstimateSource(usage, config.costs_revision_window_days, config.prices, state, log))
+    return sources
+
+
+def build_headroom_sources(config, names: NameSource, log) -> list[Source]:
+    """The headroom reads of one account, to run after the data sources (the limits build on the costs of the run).
+
+    The limits first (read at the names refresh), then one per-minute read per usage endpoint with per-minute
+    limits among those collected."""
+    if not config.collect_headroom:
+        return []
+    limits = LimitsSource(names, log)
+    sources: list[Source] = [limits]
+    for name in config.usage_endpoints:
+        if name in PER_MINUTE_LIMITS:
+            sources.append(UtilizationSource(ENDPOINTS_BY_NAME[name], limits, config.utilization_window_minutes, log))
     return sources

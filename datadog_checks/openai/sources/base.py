@@ -52,8 +52,9 @@ class Outcome:
     # Set by the check once the change is saved and the points handed to the aggregator: a source that builds on
     # another's counts (the estimate) must only use submitted ones.
     submitted: bool = False
-    # What a source read that another builds on, opaque to the check (costs: the bill by day, see costs.Bill).
-    facts: Any = None
+    # What a source read that later sources of the same run build on, by name, opaque to the check (costs: 'bill',
+    # the bill by day for the estimate of spend, see costs.Bill; the month-to-date totals and daily rates for headroom).
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 class StateStore:

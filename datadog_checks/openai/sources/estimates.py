@@ -290,7 +290,7 @@ class EstimateSource(Source):
     def _learn(self, run: Run, prices: dict, billed: dict) -> set[str] | None:
         """Prices and billed figures from this run's reading of the bill; the unmapped line items (None: no bill)."""
         costs = run.outcomes.get('costs')
-        bill = costs.facts if costs is not None else None
+        bill = costs.facts.get('bill') if costs is not None else None
         if bill is None:
             return None
         if bill.by_project:

@@ -22,8 +22,19 @@ BUDGET_SHARE = 0.25
 class NameSource(Source):
     name = 'names'
 
-    def __init__(self, projects: bool, api_keys: bool, users: bool, refresh_interval: float, clock: Callable):
+    def __init__(
+        self,
+        projects: bool,
+        api_keys: bool,
+        users: bool,
+        refresh_interval: float,
+        clock: Callable,
+        list_projects: bool = False,
+    ):
         self.enabled = {'project_id': projects, 'api_key_id': api_keys, 'user_id': users}
+        # The projects are listed for the sources that read something per project (the headroom's limits) even when
+        # no metric is tagged with their names.
+        self.list_projects = list_projects
         self.refresh_interval = refresh_interval
         self.clock = clock
         self.names: dict[str, dict[str, str]] = {dim: {} for dim in self.enabled}
@@ -35,8 +46,13 @@ class NameSource(Source):
     def any_enabled(self) -> bool:
         return any(self.enabled.values())
 
+    @property
+    def refreshed_at(self) -> float | None:
+        """When the names (and the project listing) were last refreshed, successfully or not."""
+        return self._refreshed_at
+
     def due(self) -> bool:
-        return self.any_enabled and (
+        return (self.any_enabled or self.list_projects) and (
             self._refreshed_at is None or self.clock() - self._refreshed_at >= self.refresh_interval
         )
 
@@ -50,7 +66,7 @@ class NameSource(Source):
     def refresh(self, client: OpenAIClient) -> list[str]:
         """Reload the names; return a message for each part that failed (names known so far stay)."""
         problems: list[str] = []
-        if self.enabled['project_id'] or self.enabled['api_key_id']:
+        if self.enabled['project_id'] or self.enabled['api_key_id'] or self.list_projects:
             params = [('limit', LIST_LIMIT), ('include_archived', 'true')]
             listed = self._list(client, '/organization/projects', params, 'projects', problems)
             if listed is not None:

@@ -202,6 +202,11 @@ class UsageSource(Source):
                     reading.levels[key] = (start, values)
 
     def _diff_bucket(self, reading: Reading, start: int, results: list, now: float) -> None:
+        if start < reading.base.horizon:
+            # The window reaches further back than when the state was saved (revision_window_hours raised): the
+            # ledger no longer holds what was submitted for this bucket, which is final for it. Compared with
+            # nothing, it would be submitted again at every run until the window passed the horizon.
+            return
         current, malformed = aggregate(results, self.key_of, self.read_flows)
         reading.malformed += malformed
         submitted = reading.base.buckets.get(start) or {}
