@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from datadog_checks.openai.catalogue import BUCKET_SECONDS, COSTS, ENDPOINTS, Endpoint
 
+from .audit import AuditLog
 from .openapi import OpenAPISpec, RequestError, load_spec
 from .organization import Organization, floor_to
 
@@ -57,7 +58,15 @@ LIST_ROUTES = {
     '/organization/projects/{project_id}/rate_limits': 'rate_limits',
     '/organization/users': 'users',
     '/organization/users/{user_id}': 'user',
+    '/organization/audit_logs': 'audit_logs',
 }
+
+# What the simulator answers when the organization has not turned audit logging on (the live wording is not
+# published; the check must not depend on it).
+AUDIT_LOG_DISABLED = (
+    'Audit logging is not enabled for this organization. An organization owner can enable it in the data controls '
+    'settings.'
+)
 
 FAULT_KINDS = ('status', 'timeout', 'truncated', 'non_json', 'empty_body', 'disconnect')
 
@@ -294,8 +303,11 @@ class SimulatorServer:
         validate_responses: bool = False,
         keep_bodies: bool = False,
         page_cache_bytes: int = 256_000_000,
+        audit_log: AuditLog | None = None,
     ):
         self.org = org
+        # The organization's audit log (tests/simulator/audit.py): empty unless a test gives one.
+        self.audit_log = audit_log if audit_log is not None else AuditLog(org)
         self.clock = clock
         self._now: Callable[[], float] = clock.now if hasattr(clock, 'now') else clock
         self.admin_key = admin_key
@@ -625,6 +637,10 @@ class SimulatorServer:
             return Response(200, dumps(item))
         if route == 'rate_limits':
             return Response(200, dumps(self._list(org.rate_limits(project.id), {'limit': 100, **params}, 1000)))
+        if route == 'audit_logs':
+            if not self.audit_log.enabled:
+                return _error(403, error_body(AUDIT_LOG_DISABLED, 'invalid_request_error'))
+            return Response(200, dumps(self.audit_log.listing(params, now)))
         if route in ('users', 'user'):
             users = [u.to_api() for u in org.users_at(now)]
             if route == 'users':

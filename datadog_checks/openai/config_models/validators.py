@@ -222,10 +222,10 @@ def _key_or_token(c) -> str | None:
 
 
 def _something_to_read(c) -> str | None:
-    if not c.usage_endpoints and not c.collect_costs:
+    if not c.usage_endpoints and not c.collect_costs and not c.collect_audit_logs:
         return (
-            '`usage_endpoints` is empty and `collect_costs` is false: the check has nothing to read. '
-            'List the usage endpoints to read, or turn costs on.'
+            '`usage_endpoints` is empty and `collect_costs` and `collect_audit_logs` are false: the check has '
+            'nothing to read. List the usage endpoints to read, or turn costs or the audit log on.'
         )
     return None
 
@@ -258,7 +258,7 @@ def _budget_below_the_interval(c) -> str | None:
 # Each rule with the options it reads: a rule is not judged on an option that is itself wrong.
 CROSS_FIELD_RULES: tuple[tuple[tuple[str, ...], Callable[[Any], str | None]], ...] = (
     (('admin_api_key', 'auth_token'), _key_or_token),
-    (('usage_endpoints', 'collect_costs'), _something_to_read),
+    (('usage_endpoints', 'collect_costs', 'collect_audit_logs'), _something_to_read),
     (('max_catch_up_hours', 'revision_window_hours'), _catch_up_covers_the_window),
     (('bucket_width', 'revision_window_hours'), _window_covers_a_bucket),
     (('time_budget', 'min_collection_interval'), _budget_below_the_interval),

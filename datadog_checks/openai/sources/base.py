@@ -46,6 +46,8 @@ class Outcome:
     rows: int = 0
     malformed: int = 0
     baseline: bool = False
+    # Logs to send once the change is saved (the audit log's events), each a dict for AgentCheck.send_log.
+    logs: list[dict] = field(default_factory=list)
 
 
 class StateStore:
@@ -70,6 +72,8 @@ class Source:
     group_by: tuple[str, ...] = ()
     # When the source's data was last read in full, as far as its saved state goes (None: never, or no data).
     read_at: float | None = None
+    # False for a source that sends logs only: no series or contexts gauges for it.
+    submits_metrics: bool = True
 
     def collect(self, run: Run) -> Outcome:
         raise NotImplementedError
