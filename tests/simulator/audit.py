@@ -42,6 +42,8 @@ USER_AGENT = 'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Ge
 @dataclass
 class Entry:
     visible_at: float
+    # Where the event sits in the list (its effective_at, kept apart so that a test may send a malformed one).
+    at: int
     event: dict
 
 
@@ -77,7 +79,7 @@ class AuditLog:
     def generate(self, start: int, hours: int) -> None:
         rng = self.rng
         for h in range(hours):
-            n = max(0, int(rng.gauss(self.per_hour, self.per_hour ** 0.5)))
+            n = max(0, int(rng.gauss(self.per_hour, self.per_hour**0.5)))
             for _ in range(n):
                 at = start + h * HOUR + rng.randrange(HOUR)
                 late = rng.random() < self.late_fraction
@@ -94,20 +96,19 @@ class AuditLog:
                 self._ids.add(candidate)
                 return candidate
 
-    def add(
-        self, event_type: str, effective_at: int, visible_at: float | None = None, actor: Any = 'random', **fields
-    ) -> dict:
-        """Add an event (visible from `visible_at`, default its effective_at); returns it as the API lists it."""
+    def add(self, event_type: str, at: int, visible_at: float | None = None, actor: Any = 'random', **fields) -> dict:
+        """Add an event effective `at` (visible from `visible_at`, default `at`); returns it as the API lists it.
+        `fields` replace the event's own (a malformed `id` or `effective_at` for instance)."""
         rng = self.rng
         project = rng.choice(self.org.projects)
-        event: dict[str, Any] = {'id': self.new_id(), 'type': event_type, 'effective_at': int(effective_at)}
+        event: dict[str, Any] = {'id': self.new_id(), 'type': event_type, 'effective_at': int(at)}
         if not event_type.startswith(('login.', 'logout.', 'organization.', 'invite.')):
             event['project'] = {'id': project.id, 'name': project.name}
         event['actor'] = self._actor(event_type) if actor == 'random' else actor
         event[event_type] = self._details(event_type, project)
         event.update(fields)
         with self._lock:
-            self.entries.append(Entry(effective_at if visible_at is None else visible_at, event))
+            self.entries.append(Entry(at if visible_at is None else visible_at, int(at), event))
         return event
 
     def _actor(self, event_type: str) -> dict | None:
@@ -159,9 +160,12 @@ class AuditLog:
 
     def visible(self, t: float) -> list[dict]:
         """Every event listed at time t, newest first."""
+        return [e.event for e in self._visible(t)]
+
+    def _visible(self, t: float) -> list[Entry]:
         with self._lock:
-            events = [e.event for e in self.entries if e.visible_at <= t]
-        return sorted(events, key=lambda e: (e['effective_at'], e['id']), reverse=True)
+            entries = [e for e in self.entries if e.visible_at <= t]
+        return sorted(entries, key=lambda e: (e.at, str(e.event.get('id'))), reverse=True)
 
     def all_events(self) -> list[dict]:
         with self._lock:
@@ -173,9 +177,11 @@ class AuditLog:
         limit = params.get('limit', 20)
         if limit < 1 or limit > 100:
             raise RequestError(
-                f"Invalid 'limit': expected a value between 1 and 100, but got {limit} instead.", 'limit', 'invalid_value'
+                f"Invalid 'limit': expected a value between 1 and 100, but got {limit} instead.",
+                'limit',
+                'invalid_value',
             )
-        events = self.visible(t)
+        entries = self._visible(t)
         window = params.get('effective_at') or {}
         tests = {
             'gt': lambda a, b: a > b,
@@ -184,25 +190,26 @@ class AuditLog:
             'lte': lambda a, b: a <= b,
         }
         for op, bound in window.items():
-            events = [e for e in events if tests[op](e['effective_at'], bound)]
+            entries = [e for e in entries if tests[op](e.at, bound)]
+        events = [e.event for e in entries]
         if params.get('event_types'):
             events = [e for e in events if e['type'] in params['event_types']]
         if params.get('project_ids'):
             events = [e for e in events if (e.get('project') or {}).get('id') in params['project_ids']]
         after, before = params.get('after'), params.get('before')
-        ids = [e['id'] for e in events]
+        ids = [e.get('id') for e in events]
         if after is not None:
             if after not in ids:
                 raise RequestError(f"Invalid 'after': no audit log '{after}' in this list.", 'after', 'invalid_value')
             events = events[ids.index(after) + 1 :]
         if before is not None:
-            ids = [e['id'] for e in events]
+            ids = [e.get('id') for e in events]
             events = events[: ids.index(before)] if before in ids else []
         page = events[:limit]
         return {
             'object': 'list',
             'data': page,
-            'first_id': page[0]['id'] if page else None,
-            'last_id': page[-1]['id'] if page else None,
+            'first_id': page[0].get('id') if page else None,
+            'last_id': page[-1].get('id') if page else None,
             'has_more': len(events) > limit,
         }

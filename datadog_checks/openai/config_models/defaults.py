@@ -28,6 +28,10 @@ def instance_audit_logs_service():
     return 'openai'
 
 
+def instance_audit_logs_without_state():
+    return 'lookback'
+
+
 def instance_auth_type():
     return 'basic'
 

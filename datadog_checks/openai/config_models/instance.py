@@ -62,6 +62,7 @@ class InstanceConfig(BaseModel):
     api_base_url: Optional[str] = None
     audit_logs_lookback_hours: Optional[int] = Field(None, ge=1, le=18)
     audit_logs_service: Optional[str] = None
+    audit_logs_without_state: Optional[Literal['lookback', 'now']] = None
     auth_token: Optional[AuthToken] = None
     auth_type: Optional[str] = None
     aws_host: Optional[str] = None

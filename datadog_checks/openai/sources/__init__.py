@@ -9,7 +9,17 @@ from .costs import CostsSource
 from .names import NameSource
 from .usage import UsageSource, Windows
 
-__all__ = ['AuditSource', 'CostsSource', 'NameSource', 'Outcome', 'Run', 'Source', 'StateStore', 'UsageSource', 'build_sources']
+__all__ = [
+    'AuditSource',
+    'CostsSource',
+    'NameSource',
+    'Outcome',
+    'Run',
+    'Source',
+    'StateStore',
+    'UsageSource',
+    'build_sources',
+]
 
 
 def build_sources(
@@ -31,7 +41,14 @@ def build_sources(
         # starve it past the lookback, and it cannot take more than its share from the metrics.
         sources.append(
             AuditSource(
-                state, log, scrubber, list(tags), config.audit_logs_service, config.audit_logs_lookback_hours
+                state,
+                log,
+                scrubber,
+                list(tags),
+                config.audit_logs_service,
+                config.audit_logs_lookback_hours,
+                config.audit_logs_without_state,
+                stale_after,
             )
         )
     for name in config.usage_endpoints:

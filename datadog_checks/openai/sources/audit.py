@@ -16,8 +16,12 @@ sent once. The state is saved before the events are sent (see check.commit), so 
 two loses those events rather than duplicating them.
 
 Nothing older than `audit_logs_lookback_hours` (Datadog refuses logs older than 18 hours) is ever read.
-A first run, or a run whose state was lost, reads that lookback whole: after a lost state the events of
-the lookback that were already sent are sent again, since nothing says which they were (see the README).
+A run without a state (the first, or after the state was lost) cannot know what was sent before; it does
+what `audit_logs_without_state` says. `lookback` reads the lookback whole and sends it: nothing is lost,
+and after a lost state the events of the lookback already sent are sent again (same `id`). `now` records
+a baseline instead: it reads the head's margin and marks its events as seen without sending them, as
+the usage ledger does after a lost state: nothing is sent twice, and what appeared since the last run
+before the loss is not sent.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 
 from datadog_checks.base.utils.format import json
 
-from ..client import ApiError, AuthError, RequestRefused
+from ..client import ADMIN_KEY_HELP, ApiError, AuthError, RequestRefused
 from ..scrub import Scrubber
 from .base import Outcome, Run, Source, StateStore
 from .usage import iso
@@ -104,8 +108,21 @@ class AuditSource(Source):
     name = NAME
     submits_metrics = False
 
-    def __init__(self, state: StateStore, log, scrubber: Scrubber, tags: list[str], service: str, lookback_hours: int):
+    def __init__(
+        self,
+        state: StateStore,
+        log,
+        scrubber: Scrubber,
+        tags: list[str],
+        service: str,
+        lookback_hours: int,
+        without_state: str = 'lookback',
+        stale_after: float | None = None,
+    ):
         self.state = state
+        self.without_state = without_state
+        # A cluster check's state older than this is another runner's past: treated as no state (see _load).
+        self.stale_after = stale_after
         self.log = log
         self.scrubber = scrubber
         self.ddtags = ','.join(tags)
@@ -125,11 +142,14 @@ class AuditSource(Source):
 
     def collect(self, run: Run) -> Outcome:
         outcome = Outcome(self.name)
-        outcome.warnings.extend(self.notes)
-        self.notes = []
         now = int(run.now)
         floor = now - self.lookback
-        old = self._state()
+        old = self._state(run.now)
+        # What loading the state had to say comes first.
+        outcome.warnings.extend(self.notes)
+        self.notes = []
+        if old is None and self.without_state == 'now':
+            return self._baseline(run, outcome, now)
         if old is None:
             old = AuditState()
             self.log.info(
@@ -169,6 +189,32 @@ class AuditSource(Source):
             outcome.change = new
             outcome.logs = logs
         outcome.rows = len(logs)
+        return outcome
+
+    def _baseline(self, run: Run, outcome: Outcome, now: int) -> Outcome:
+        """Mark the events of the head's margin as seen without sending them; saved only once read whole."""
+        read = Read(max(now - LATE_SECONDS, now - self.lookback), None, head=True)
+        seen: dict[str, int] = {}
+        try:
+            self._read(run.client.within(BUDGET_SHARE), read, seen, [], now - self.lookback, 0, outcome)
+        except ApiError as e:
+            outcome.error = self._explain(e)
+            outcome.warnings.append(f'audit_logs: {outcome.error.message}')
+            return outcome
+        outcome.baseline = True
+        outcome.complete = True
+        if not read.done:
+            outcome.warnings.append(
+                f'audit_logs: more than {self.max_pages * PAGE_LIMIT} audit events in the last hour; the baseline '
+                f'could not be read in one run and is read again by the next one.'
+            )
+            return outcome
+        self.log.info(
+            'audit_logs: no saved state for this account (audit_logs_without_state: now); recorded %s recent events '
+            'as a baseline without sending them. From the next run on, every new event is sent.',
+            len(seen),
+        )
+        outcome.change = AuditState(now, [], seen, float(now))
         return outcome
 
     def _read(self, client, read: Read, seen: dict, logs: list, floor: int, pages: int, outcome: Outcome) -> int:
@@ -298,24 +344,33 @@ class AuditSource(Source):
         self.saved = None
         self._loaded = False
 
-    def _state(self) -> AuditState | None:
+    def _state(self, now: float) -> AuditState | None:
         if not self._loaded:
             self._loaded = True
-            self.saved = self._load()
+            self.saved = self._load(now)
         return self.saved
 
-    def _load(self) -> AuditState | None:
+    def _load(self, now: float) -> AuditState | None:
         text = self.state.read(self.state_key)
         if not text:
             return None
         try:
-            return AuditState.loads(text)
+            state = AuditState.loads(text)
         except Exception as e:
             self.notes.append(
-                f'audit_logs: the saved state is unreadable ({type(e).__name__}: {e}); reading the whole lookback '
-                f'again, so events of the last {self.lookback // 3600} hours already sent are sent again.'
+                f'audit_logs: the saved state is unreadable ({type(e).__name__}: {e}); starting without it '
+                f'(audit_logs_without_state: {self.without_state}).'
             )
             return None
+        if self.stale_after is not None and state.read_at is not None and now - state.read_at > self.stale_after:
+            # As for usage: another runner most likely had this cluster check meanwhile and sent what came since.
+            self.notes.append(
+                f'audit_logs: this cluster check\'s saved state is {int(now - state.read_at) // 60} minutes old; '
+                f'another runner probably sent the events since, so it starts without it '
+                f'(audit_logs_without_state: {self.without_state}).'
+            )
+            return None
+        return state
 
 
 class BadPage(ApiError):
@@ -348,7 +403,7 @@ def _actor_parts(actor: dict | None) -> tuple[dict | None, dict | None, dict | N
 
 
 def _sentence(kind: str, actor, user, service_account, project) -> str:
-    """"api_key.created by alice@example.com in project Production"."""
+    """ "api_key.created by alice@example.com in project Production"."""
     if user:
         who = str(user.get('email') or user.get('id') or 'a user')
         if actor.get('type') == 'api_key':
@@ -387,5 +442,6 @@ def _merged(gaps) -> list[list[int]]:
 
 def _detail(message: str) -> str:
     # The client's message for a 403 carries the usage endpoints' key help; OpenAI's own words are in brackets.
+    message = message.replace(ADMIN_KEY_HELP, '').strip()
     start, end = message.find('('), message.rfind(')')
     return message[start + 1 : end] if 0 <= start < end else message
