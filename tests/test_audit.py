@@ -186,7 +186,7 @@ def test_a_lost_state_with_without_state_now_sends_nothing_twice(
     org, clock, sim, make_check, dd_run_check, logs_on, state
 ):
     t0 = int(clock.now())
-    log = sim.audit_log = AuditLog(org, seed=13, per_hour=20, late_fraction=0.2, start=t0 - 2 * H, hours=30)
+    sim.audit_log = AuditLog(org, seed=13, per_hour=20, late_fraction=0.2, start=t0 - 2 * H, hours=30)
     options = dict(collect_audit_logs=True, audit_logs_without_state='now', **METRICS_LIGHT)
     check = make_check(**options)
     dd_run_check(check)
