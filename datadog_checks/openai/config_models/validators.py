@@ -199,6 +199,23 @@ def instance_max_retries(value, field, **kwargs):
     return value
 
 
+def instance_audit_logs_lookback_hours(value, field, **kwargs):
+    least, most = _bound(field, 'ge'), _bound(field, 'le')
+    if isinstance(value, int) and not least <= value <= most:
+        raise ValueError(
+            f'`audit_logs_lookback_hours` must be between {least} and {most}: Datadog refuses logs more than 18 hours '
+            f'old, not {value}.'
+        )
+    return value
+
+
+def instance_audit_logs_without_state(value, field, **kwargs):
+    allowed = _literals(field.annotation)
+    if value not in allowed:
+        raise ValueError(f'`audit_logs_without_state` must be one of {", ".join(allowed)}, not {value!r}.')
+    return value
+
+
 def _catch_up_message(revision_window_hours, value) -> str:
     most = _bound(_field('max_catch_up_hours'), 'le')
     return (
