@@ -440,3 +440,66 @@ def test_the_simulator_refuses_an_unknown_member_of_effective_at(sim):
     assert requests.get(url, params={'effective_at[gte]': 5}, headers=headers, timeout=5).status_code == 200
     assert requests.get(url, params={'effective_at[soon]': 5}, headers=headers, timeout=5).status_code == 400
     assert requests.get(url, params={'effective_at[gte]': 'x'}, headers=headers, timeout=5).status_code == 400
+
+
+# -- a hostile server --------------------------------------------------------------------------------------
+
+
+def test_a_hostile_audit_log_never_puts_a_secret_in_a_log_line(monkeypatch, state, dd_run_check, caplog):
+    import json as _json
+
+    from datadog_checks.openai import OpenAICheck
+
+    from .hostile import HostileServer, Reply
+
+    monkeypatch.setitem(datadog_agent._config, 'logs_enabled', True)
+    datadog_agent._sent_logs.clear()
+    key = 'sk-admin-' + 'Hq3WzX8vLm2N' * 5 + 'auditKey99'
+    other = 'sk-proj-' + 'Pp0oIi9uUy8T' * 3
+    now = 1_767_225_600
+
+    def event(i, **details):
+        return {
+            'id': f'audit_log-{i}',
+            'type': 'api_key.updated',
+            'effective_at': now - 60 * i,
+            'api_key.updated': details,
+        }
+
+    def respond(request):
+        auth = request.authorization or ''
+        if request.query.get('after'):
+            # The second page echoes the request's Authorization header: it must not be used at all.
+            data = [event(3, note=f'seen header {auth}'), event(4, headers=dict(request.headers))]
+            return Reply(200, _json.dumps({'object': 'list', 'data': data, 'has_more': False}).encode())
+        data = [
+            event(1, note=f'token Bearer {other[8:]} and key {other}', user_agent=f'curl {other}'),
+            event(2, scopes=['api.model.request']),
+        ]
+        body = {'object': 'list', 'data': data, 'has_more': True, 'last_id': 'audit_log-2'}
+        return Reply(200, _json.dumps(body).encode(), {'Content-Type': 'application/json'})
+
+    with HostileServer(respond) as server:
+        instance = {
+            'account_name': 'evil',
+            'admin_api_key': key,
+            'api_base_url': server.base_url,
+            'min_collection_interval': 300,
+            'usage_endpoints': [],
+            'collect_costs': False,
+            'collect_audit_logs': True,
+            'max_retries': 0,
+        }
+        check = OpenAICheck('openai', {}, [instance])
+        check.clock = lambda: float(now)
+        # The audit log is this instance's only source, and its read failed: the run fails, visibly.
+        with pytest.raises(Exception, match='contains the admin key the check sent'):
+            dd_run_check(check, extract_message=True)
+        assert any(r.authorization == f'Bearer {key}' for r in server.requests)
+    logs = sent_logs()
+    # The first page was used, redacted; the page that echoed the key was not.
+    assert [entry['id'] for entry in logs] == ['audit_log-1', 'audit_log-2']
+    said = repr(logs) + ' '.join(check.warnings) + caplog.text
+    for secret in (key, other, other[8:], key[9:25]):
+        assert secret not in said
+    assert any('contains the admin key the check sent' in w for w in check.warnings)

@@ -98,7 +98,6 @@ class Read:
 
     lo: int
     hi: int | None
-    head: bool
     # The oldest effective_at of the last page read (None: no page read), and whether the range was read whole.
     stopped_at: int | None = None
     done: bool = False
@@ -156,13 +155,13 @@ class AuditSource(Source):
                 'audit_logs: no saved state for this account; sending the audit events of the last %s hours.',
                 self.lookback // 3600,
             )
-        reads = [Read(floor if old.head is None else max(floor, old.head - LATE_SECONDS), None, head=True)]
+        reads = [Read(floor if old.head is None else max(floor, old.head - LATE_SECONDS), None)]
         lost = [(old.head, floor)] if old.head is not None and old.head < floor else []
         for lo, hi in old.gaps:
             if lo < floor:
                 lost.append((lo, min(hi, floor)))
             if hi >= floor:
-                reads.append(Read(max(lo, floor), hi, head=False))
+                reads.append(Read(max(lo, floor), hi))
         for lo, hi in _merged([list(r) for r in lost]):
             outcome.warnings.append(
                 f'audit_logs: audit events from {iso(lo)} to {iso(hi)} were not sent: they were not read within '
@@ -193,7 +192,7 @@ class AuditSource(Source):
 
     def _baseline(self, run: Run, outcome: Outcome, now: int) -> Outcome:
         """Mark the events of the head's margin as seen without sending them; saved only once read whole."""
-        read = Read(max(now - LATE_SECONDS, now - self.lookback), None, head=True)
+        read = Read(max(now - LATE_SECONDS, now - self.lookback), None)
         seen: dict[str, int] = {}
         try:
             self._read(run.client.within(BUDGET_SHARE), read, seen, [], now - self.lookback, 0, outcome)
