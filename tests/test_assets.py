@@ -35,6 +35,7 @@ from datadog_checks.openai.catalogue import (
     ENDPOINTS_BY_NAME,
     ESTIMATED_COST,
     INTEGRATION,
+    LOGS_SENT,
     MONTH_TO_DATE,
     NAME_TAGS,
     PROJECT_MONTH_TO_DATE,
@@ -109,6 +110,7 @@ def metric_tag_keys() -> dict[str, frozenset[str]]:
     tags['openai.api.usage.unpriced_tokens'] = frozenset({ACCOUNT_TAG, 'model', 'kind'})
     tags['openai.api.costs.estimate_ratio'] = frozenset({ACCOUNT_TAG, 'project_id', 'project_name', 'currency'})
     tags['openai.api.costs.unpriced_line_items'] = frozenset({ACCOUNT_TAG})
+    tags[LOGS_SENT.name] = frozenset({ACCOUNT_TAG, 'endpoint'})
     return tags
 
 
@@ -235,6 +237,15 @@ def dashboard_files() -> list[Path]:
 
 
 def monitor_files() -> list[Path]:
+    """The monitors of metrics and service checks (the log monitors of the audit log: tests/test_audit_assets.py)."""
+    return [p for p in all_monitor_files() if load_json(p)['definition']['type'] != 'log alert']
+
+
+def log_monitor_files() -> list[Path]:
+    return [p for p in all_monitor_files() if load_json(p)['definition']['type'] == 'log alert']
+
+
+def all_monitor_files() -> list[Path]:
     return sorted(MONITOR_DIR.glob('*.json'))
 
 
@@ -258,6 +269,8 @@ class Request:
         """Query name -> parsed query, for the formula-and-functions form (and `q` as `query1`)."""
         out = {}
         for query in self.request.get('queries', []):
+            if query.get('data_source') == 'logs':
+                continue  # the audit log group's log queries: see test_every_widget_query_parses
             if query.get('data_source') == 'metrics':
                 parsed = metric_queries_in(query['query'])
                 assert len(parsed) == 1, f'{self.dashboard}: {self.title!r}: cannot parse {query["query"]!r}'
@@ -469,6 +482,12 @@ EXPECTED_MONITORS = {
     'spend_limit_projected.json',
     'spend_limit_reached.json',
 }
+EXPECTED_LOG_MONITORS = {
+    'audit_admin_key_changed.json',
+    'audit_failed_logins.json',
+    'audit_owner_role_granted.json',
+    'audit_limits_changed.json',
+}
 # Widgets allowed to put two endpoints in one formula: the ratio is meaningless without both.
 CROSS_ENDPOINT_FORMULAS = {
     'Cost per 1k completions tokens by project (past week)',
@@ -479,6 +498,7 @@ CROSS_ENDPOINT_FORMULAS = {
 def test_expected_assets_exist():
     assert {p.name for p in dashboard_files()} == set(EXPECTED_DASHBOARDS)
     assert {p.name for p in monitor_files()} == EXPECTED_MONITORS
+    assert {p.name for p in log_monitor_files()} == EXPECTED_LOG_MONITORS
 
 
 def test_manifest_lists_the_assets():
@@ -486,7 +506,7 @@ def test_manifest_lists_the_assets():
     if not manifest_path.exists():
         pytest.skip('no manifest.json yet')
     assets = load_json(manifest_path)['assets']
-    for kind, files in (('dashboards', dashboard_files()), ('monitors', monitor_files())):
+    for kind, files in (('dashboards', dashboard_files()), ('monitors', all_monitor_files())):
         listed = {Path(p).name for p in assets.get(kind, {}).values()}
         assert listed == {p.name for p in files}, kind
     for title, path in assets.get('dashboards', {}).items():
@@ -629,6 +649,10 @@ def test_every_widget_query_parses():
     for path in dashboard_files():
         for request in iter_requests(path):
             for query in request.request.get('queries', []):
+                if query.get('data_source') == 'logs':
+                    # The audit log group: the check's own logs only.
+                    assert query['search']['query'].startswith('source:openai'), f'{path.name}: {request.title!r}'
+                    continue
                 assert query.get('data_source') == 'metrics', f'{path.name}: {request.title!r}'
                 assert METRIC_QUERY.fullmatch(query['query']), f'{path.name}: cannot parse {query["query"]!r}'
 
@@ -683,8 +707,9 @@ def test_no_formula_mixes_endpoints():
     for path in dashboard_files():
         for request in iter_requests(path):
             queries = request.queries()
+            logs = {q['name'] for q in request.request.get('queries', []) if q.get('data_source') == 'logs'}
             for formula in request.formulas():
-                names = set(re.findall(r'\b(query\d+)\b', formula))
+                names = set(re.findall(r'\b(query\d+)\b', formula)) - logs
                 assert names <= set(queries), f'{path.name}: {request.title!r}: {formula} names unknown queries'
                 sources = {metric_source(queries[n].metric) for n in names}
                 if len(sources) > 1:

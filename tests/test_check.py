@@ -4,6 +4,7 @@ import socket
 
 import pytest
 from datadog_checks.base import AgentCheck
+from datadog_checks.base.stubs import datadog_agent
 from datadog_checks.dev.utils import get_metadata_metrics
 
 from datadog_checks.openai.catalogue import all_metrics
@@ -28,8 +29,13 @@ def only_status(aggregator):
     return aggregator.service_checks('openai.can_connect')[-1]
 
 
-def test_metrics_match_the_catalogue_metadata_and_the_assets(org, clock, sim, make_check, dd_run_check, aggregator):
-    check = make_check(group_by={'costs': ['project_id', 'line_item']})
+def test_metrics_match_the_catalogue_metadata_and_the_assets(
+    org, clock, sim, make_check, dd_run_check, aggregator, monkeypatch
+):
+    # The audit log too (openai.check.logs.sent), on an Agent that ships logs.
+    monkeypatch.setitem(datadog_agent._config, 'logs_enabled', True)
+    sim.audit_log.add('login.succeeded', int(clock.now()) + 30 * H)
+    check = make_check(group_by={'costs': ['project_id', 'line_item']}, collect_audit_logs=True)
     clock.advance(30 * H)  # history for the first run to baseline, then growth to submit
     warm(check, clock, dd_run_check, runs=6)
     sim.faults.add('completions', 429, retry_after=1)

@@ -54,6 +54,10 @@ OWN_OPTIONS = [
     'utilization_window_minutes',
     'time_budget',
     'max_retries',
+    'collect_audit_logs',
+    'audit_logs_service',
+    'audit_logs_lookback_hours',
+    'audit_logs_without_state',
 ]
 SYNC = 'run scripts/sync-generated.sh'
 
@@ -355,6 +359,8 @@ def test_the_spec_holds_the_bounds_and_the_model_enforces_them_with_the_checks_m
         'utilization_window_minutes',
         'time_budget',
         'max_retries',
+        'audit_logs_lookback_hours',
+        'audit_logs_without_state',
     }
     # Each bound is in the generated model, and a value past it gets the check's own message naming the option.
     metadata = {name: InstanceConfig.model_fields[name].metadata for name in bounds}
@@ -368,6 +374,8 @@ def test_the_spec_holds_the_bounds_and_the_model_enforces_them_with_the_checks_m
         'utilization_window_minutes': bounds['utilization_window_minutes']['maximum'] + 1,
         'time_budget': 0,
         'max_retries': -1,
+        'audit_logs_lookback_hours': 19,
+        'audit_logs_without_state': 'never',
     }
     from datadog_checks.base import ConfigurationError
 

@@ -462,6 +462,9 @@ CONTEXTS = _health(
 )
 RUN_DURATION = _health('run.duration', 'gauge', 'second', 'Wall time of the last run of the check.', -1)
 STATE_SIZE = _health('state.size', 'gauge', 'byte', 'Size of the state kept in the persistent cache, by endpoint.')
+LOGS_SENT = _health(
+    'logs.sent', 'count', 'event', 'Audit log events sent to Datadog Logs (with collect_audit_logs), by endpoint.'
+)
 
 DERIVED_METRICS = (
     MONTH_TO_DATE,
@@ -498,6 +501,7 @@ HEALTH_METRICS = (
     CONTEXTS,
     RUN_DURATION,
     STATE_SIZE,
+    LOGS_SENT,
 )
 
 SERVICE_CHECK = f'{METRIC_NAMESPACE}.can_connect'

@@ -6,7 +6,8 @@ import hashlib
 import time
 from urllib.parse import urlsplit
 
-from datadog_checks.base import AgentCheck, ConfigurationError
+from datadog_checks.base import AgentCheck, ConfigurationError, is_affirmative
+from datadog_checks.base.agent import datadog_agent
 from datadog_checks.base.errors import CheckException
 from datadog_checks.base.utils.common import to_native_string
 from pydantic import ValidationError
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 from . import health
 from .agent import running_under_agent_check_command
 from .auth import AdminKey
-from .catalogue import CAN_CONNECT, CONTEXTS, SERIES, SERVICE_CHECK, STATE_SIZE
+from .catalogue import CAN_CONNECT, CONTEXTS, LOGS_SENT, SERIES, SERVICE_CHECK, STATE_SIZE
 from .client import ACCEPT_ENCODING, AuthError, OpenAIClient, TimeBudget
 from .config_models import ConfigMixin, InstanceConfig
 from .config_models import validators as rules
@@ -94,7 +95,10 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         state = StateStore(self.read_persistent_cache, self.write_persistent_cache, self.save_state)
         # The Cluster Agent injects empty_default_hostname into every cluster check it dispatches.
         stale_after = STALE_CLUSTER_STATE_RUNS * self.interval if config.empty_default_hostname else None
-        self.sources: list[Source] = build_sources(config, state, self.log, stale_after)
+        audit = config.collect_audit_logs and self.agent_sends_logs()
+        self.sources: list[Source] = build_sources(
+            config, state, self.log, stale_after, self.scrubber, self.base_tags, audit
+        )
         self.sources_by_name = {s.name: s for s in self.sources}
         # Names only for ids some source is grouped by: listing every project's API keys for no tag would cost
         # a request per project and hour.
@@ -114,6 +118,20 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         self.headroom: list[Source] = build_headroom_sources(config, self.names, self.log)
         self.sources_by_name.update((s.name, s) for s in self.headroom)
         self.tags = TagBuilder(self.base_tags, self.names)
+
+    def agent_sends_logs(self) -> bool:
+        """Whether the Agent ships the logs the check sends; warns (once, at the first run) when it does not."""
+        if is_affirmative(datadog_agent.get_config('logs_enabled')):
+            return True
+        # Reading the audit log would move past events the Agent then drops: not reading it loses nothing, since
+        # the first run after logs are enabled sends the lookback.
+        self.warning(
+            'collect_audit_logs is true but this Agent runs with logs_enabled false, so it would drop the audit '
+            'events: the audit log is not read. Set logs_enabled: true in datadog.yaml, add the `logs` section '
+            '(type: integration, source: openai) to conf.d/openai.d/conf.yaml and restart the Agent; the events of '
+            'the last audit_logs_lookback_hours are then sent.'
+        )
+        return False
 
     # -- a run -----------------------------------------------------------------------------------
 
@@ -229,8 +247,16 @@ class OpenAICheck(AgentCheck, ConfigMixin):
                 return
             source.apply(outcome)
             self.gauge(STATE_SIZE.name, size, tags=self.base_tags + endpoint)
-            self.gauge(SERIES.name, outcome.series, tags=self.base_tags + endpoint)
+            if source.submits_metrics:
+                self.gauge(SERIES.name, outcome.series, tags=self.base_tags + endpoint)
         outcome.submitted = True
+        # Logs, like points, leave only once the state that records them as sent is saved.
+        for log in outcome.logs:
+            self.send_log(log)
+        if outcome.logs:
+            self.count(LOGS_SENT.name, len(outcome.logs), tags=self.base_tags + endpoint)
+        if not source.submits_metrics:
+            return
         # Each distinct (metric, tag set) is a context, a custom metric: series with the same tags share their list.
         # Sets of ints per metric rather than a (metric, tags) tuple per point: no object per point for the garbage
         # collector to track, which on a large organization's run means fewer full collections.

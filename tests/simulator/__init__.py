@@ -12,6 +12,7 @@
 `python -m tests.simulator --port 8080` serves the default organization on wall-clock time.
 """
 
+from .audit import AuditLog
 from .clock import Clock, RealClock
 from .openapi import OpenAPISpec, RequestError, default_spec_path, load_spec, validate_response
 from .organization import (
@@ -28,6 +29,7 @@ from .organization import (
 from .server import DEFAULT_ADMIN_KEY, Fault, Faults, RequestRecord, SimulatorServer, ValidationFailure
 
 __all__ = [
+    'AuditLog',
     'DEFAULT_ADMIN_KEY',
     'DEFAULT_SERIES',
     'DEFAULT_SETTLE_SECONDS',

@@ -193,14 +193,25 @@ class OpenAPISpec:
         op, path_params = found
         declared = op.query_parameters
         merged: dict[str, list[str]] = {}
+        members: dict[str, dict[str, list[str]]] = {}
         for raw_name, values in query.items():
             name = raw_name[:-2] if raw_name.endswith('[]') else raw_name
+            base, _, member = name.partition('[')
+            if member.endswith(']') and base in declared and self._is_object(declared[base]):
+                # An object parameter, one member per query name: `effective_at[gte]=...` (OpenAI's form).
+                members.setdefault(base, {})[member[:-1]] = values
+                continue
             if name not in declared:
                 raise RequestError(f'Unrecognized request argument supplied: {raw_name}', raw_name)
             merged.setdefault(name, []).extend(values)
         params: dict[str, Any] = {}
         for name, p in declared.items():
             schema = p.get('schema') or {}
+            if name in members:
+                value = self._coerce_object(name, schema, members[name])
+                self._check_schema(op, name, schema, value)
+                params[name] = value
+                continue
             if name not in merged:
                 if p.get('required'):
                     raise RequestError(f"Missing required parameter: '{name}'.", name, 'missing_required_parameter')
@@ -211,6 +222,18 @@ class OpenAPISpec:
             self._check_schema(op, name, schema, value)
             params[name] = value
         return ValidRequest(op, path_params, params)
+
+    def _is_object(self, parameter: dict) -> bool:
+        return self._resolve(parameter.get('schema') or {}).get('type') == 'object'
+
+    def _coerce_object(self, name: str, schema: dict, members: dict[str, list[str]]) -> dict:
+        properties = self._resolve(schema).get('properties') or {}
+        out = {}
+        for member, values in members.items():
+            if member not in properties:
+                raise RequestError(f'Unrecognized request argument supplied: {name}[{member}]', name)
+            out[member] = self._coerce(f'{name}[{member}]', properties[member], values)
+        return out
 
     def _coerce(self, name: str, schema: dict, values: list[str]) -> Any:
         schema = self._resolve(schema)

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from datadog_checks.openai.catalogue import BUCKET_SECONDS, COSTS, ENDPOINTS, Endpoint
 
+from .audit import AuditLog
 from .limits import LIMIT_ROUTES, Limits
 from .openapi import OpenAPISpec, RequestError, load_spec
 from .organization import Organization, floor_to
@@ -61,7 +62,15 @@ LIST_ROUTES = {
     '/organization/users': 'users',
     '/organization/users/{user_id}': 'user',
     **LIMIT_ROUTES,
+    '/organization/audit_logs': 'audit_logs',
 }
+
+# What the simulator answers when the organization has not turned audit logging on (the live wording is not
+# published; the check must not depend on it).
+AUDIT_LOG_DISABLED = (
+    'Audit logging is not enabled for this organization. An organization owner can enable it in the data controls '
+    'settings.'
+)
 
 FAULT_KINDS = ('status', 'timeout', 'truncated', 'non_json', 'empty_body', 'disconnect')
 
@@ -304,8 +313,11 @@ class SimulatorServer:
         validate_responses: bool = False,
         keep_bodies: bool = False,
         page_cache_bytes: int = 256_000_000,
+        audit_log: AuditLog | None = None,
     ):
         self.org = org
+        # The organization's audit log (tests/simulator/audit.py): empty unless a test gives one.
+        self.audit_log = audit_log if audit_log is not None else AuditLog(org)
         self.clock = clock
         self._now: Callable[[], float] = clock.now if hasattr(clock, 'now') else clock
         self.admin_key = admin_key
@@ -648,6 +660,10 @@ class SimulatorServer:
             if limit is None:
                 return _error(404, error_body('No hard spend limit is configured.'))
             return Response(200, dumps(limit))
+        if route == 'audit_logs':
+            if not self.audit_log.enabled:
+                return _error(403, error_body(AUDIT_LOG_DISABLED, 'invalid_request_error'))
+            return Response(200, dumps(self.audit_log.listing(params, now)))
         if route in ('users', 'user'):
             users = [u.to_api() for u in org.users_at(now)]
             if route == 'users':

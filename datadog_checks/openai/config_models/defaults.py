@@ -20,12 +20,28 @@ def instance_api_base_url():
     return 'https://api.openai.com/v1'
 
 
+def instance_audit_logs_lookback_hours():
+    return 12
+
+
+def instance_audit_logs_service():
+    return 'openai'
+
+
+def instance_audit_logs_without_state():
+    return 'lookback'
+
+
 def instance_auth_type():
     return 'basic'
 
 
 def instance_bucket_width():
     return '1h'
+
+
+def instance_collect_audit_logs():
+    return False
 
 
 def instance_collect_costs():

@@ -60,12 +60,16 @@ class InstanceConfig(BaseModel):
     admin_api_key: Optional[str] = None
     allow_redirects: Optional[bool] = None
     api_base_url: Optional[str] = None
+    audit_logs_lookback_hours: Optional[int] = Field(None, ge=1, le=18)
+    audit_logs_service: Optional[str] = None
+    audit_logs_without_state: Optional[Literal['lookback', 'now']] = None
     auth_token: Optional[AuthToken] = None
     auth_type: Optional[str] = None
     aws_host: Optional[str] = None
     aws_region: Optional[str] = None
     aws_service: Optional[str] = None
     bucket_width: Optional[Literal['1m', '1h', '1d']] = None
+    collect_audit_logs: Optional[bool] = None
     collect_costs: Optional[bool] = None
     collect_headroom: Optional[bool] = None
     connect_timeout: Optional[float] = None

@@ -231,6 +231,23 @@ def instance_max_retries(value, field, **kwargs):
     return value
 
 
+def instance_audit_logs_lookback_hours(value, field, **kwargs):
+    least, most = _bound(field, 'ge'), _bound(field, 'le')
+    if isinstance(value, int) and not least <= value <= most:
+        raise ValueError(
+            f'`audit_logs_lookback_hours` must be between {least} and {most}: Datadog refuses logs more than 18 hours '
+            f'old, not {value}.'
+        )
+    return value
+
+
+def instance_audit_logs_without_state(value, field, **kwargs):
+    allowed = _literals(field.annotation)
+    if value not in allowed:
+        raise ValueError(f'`audit_logs_without_state` must be one of {", ".join(allowed)}, not {value!r}.')
+    return value
+
+
 def _catch_up_message(revision_window_hours, value) -> str:
     most = _bound(_field('max_catch_up_hours'), 'le')
     return (
@@ -254,10 +271,10 @@ def _key_or_token(c) -> str | None:
 
 
 def _something_to_read(c) -> str | None:
-    if not c.usage_endpoints and not c.collect_costs:
+    if not c.usage_endpoints and not c.collect_costs and not c.collect_audit_logs:
         return (
-            '`usage_endpoints` is empty and `collect_costs` is false: the check has nothing to read. '
-            'List the usage endpoints to read, or turn costs on.'
+            '`usage_endpoints` is empty and `collect_costs` and `collect_audit_logs` are false: the check has '
+            'nothing to read. List the usage endpoints to read, or turn costs or the audit log on.'
         )
     return None
 
@@ -290,7 +307,7 @@ def _budget_below_the_interval(c) -> str | None:
 # Each rule with the options it reads: a rule is not judged on an option that is itself wrong.
 CROSS_FIELD_RULES: tuple[tuple[tuple[str, ...], Callable[[Any], str | None]], ...] = (
     (('admin_api_key', 'auth_token'), _key_or_token),
-    (('usage_endpoints', 'collect_costs'), _something_to_read),
+    (('usage_endpoints', 'collect_costs', 'collect_audit_logs'), _something_to_read),
     (('max_catch_up_hours', 'revision_window_hours'), _catch_up_covers_the_window),
     (('bucket_width', 'revision_window_hours'), _window_covers_a_bucket),
     (('time_budget', 'min_collection_interval'), _budget_below_the_interval),

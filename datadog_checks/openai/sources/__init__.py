@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..catalogue import COSTS_ENDPOINT, ENDPOINTS_BY_NAME, PER_MINUTE_LIMITS
+from .audit import AuditSource
 from .base import Outcome, Run, Source, StateStore
 from .costs import CostsSource
 from .estimates import EstimateSource
@@ -12,6 +13,7 @@ from .usage import UsageSource, Windows
 from .utilization import UtilizationSource
 
 __all__ = [
+    'AuditSource',
     'CostsSource',
     'EstimateSource',
     'LimitsSource',
@@ -27,8 +29,12 @@ __all__ = [
 ]
 
 
-def build_sources(config, state: StateStore, log, stale_after: float | None) -> list[Source]:
-    """The data sources of one account, in the order a run reads them, from its validated configuration."""
+def build_sources(
+    config, state: StateStore, log, stale_after: float | None, scrubber=None, tags=(), audit: bool = False
+) -> list[Source]:
+    """The data sources of one account, in the order a run reads them, from its validated configuration.
+
+    `audit`: read the audit log (collect_audit_logs, on an Agent that ships logs)."""
     windows = Windows(config.revision_window_hours, config.max_catch_up_hours, config.costs_revision_window_days)
     group_by = config.group_by or {}
 
@@ -37,6 +43,21 @@ def build_sources(config, state: StateStore, log, stale_after: float | None) -> 
         return tuple(group_by[endpoint.name]) if endpoint.name in group_by else endpoint.default_group_by
 
     sources: list[Source] = []
+    if audit:
+        # First, with its own share of the time budget (see audit.BUDGET_SHARE): a slow usage catch-up cannot
+        # starve it past the lookback, and it cannot take more than its share from the metrics.
+        sources.append(
+            AuditSource(
+                state,
+                log,
+                scrubber,
+                list(tags),
+                config.audit_logs_service,
+                config.audit_logs_lookback_hours,
+                config.audit_logs_without_state,
+                stale_after,
+            )
+        )
     for name in config.usage_endpoints:
         endpoint = ENDPOINTS_BY_NAME[name]
         sources.append(UsageSource(endpoint, config.bucket_width, dims(endpoint), windows, state, log, stale_after))

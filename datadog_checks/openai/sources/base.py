@@ -55,6 +55,8 @@ class Outcome:
     # What a source read that later sources of the same run build on, by name, opaque to the check (costs: 'bill',
     # the bill by day for the estimate of spend, see costs.Bill; the month-to-date totals and daily rates for headroom).
     facts: dict[str, Any] = field(default_factory=dict)
+    # Logs to send once the change is saved (the audit log's events), each a dict for AgentCheck.send_log.
+    logs: list[dict] = field(default_factory=list)
 
 
 class StateStore:
@@ -82,6 +84,8 @@ class Source:
     # Builds only on what other sources read this run (the estimate of spend): it reads nothing from OpenAI, so
     # it has no say in the run's health (a run whose endpoints all failed must still fail).
     derived: bool = False
+    # False for a source that sends logs only: no series or contexts gauges for it.
+    submits_metrics: bool = True
 
     def collect(self, run: Run) -> Outcome:
         raise NotImplementedError
