@@ -162,6 +162,25 @@ def load_datadog_metadata() -> dict[str, dict]:
 
 
 DATADOG_METRICS = frozenset(load_datadog_metadata())
+# The tags ddtrace's OpenAI integration puts on its metrics, as its documentation lists them
+# (dd-trace-py, ddtrace/contrib/openai: unified service tagging, then the request's endpoint, method, model,
+# organization and obfuscated key; errors also carry the error type).
+DDTRACE_TAGS = frozenset(
+    {
+        'service',
+        'env',
+        'version',
+        'openai.request.endpoint',
+        'openai.request.method',
+        'openai.request.model',
+        'openai.organization.name',
+        'openai.organization.id',
+        'openai.user.api_key',
+        'error_type',
+    }
+)
+# The only metrics of Datadog's integration the dashboards may show: those of ddtrace the issue names.
+DDTRACE_METRICS = frozenset({'openai.request.duration', 'openai.request.error', 'openai.tokens.total'})
 
 
 def metric_metadata(metric: str) -> dict | None:
@@ -188,6 +207,8 @@ class MetricQuery:
     metric: str
     filters: list[str]  # `key:value`, `!key:value`, `key` or `*`
     template_variables: list[str]  # names, without the `$`
+    # `key:$name.value`: a template variable applied to another tag key than its prefix (name -> key)
+    template_keys: dict[str, str]
     group_by: list[str]
     functions: list[tuple[str, str]]  # (name, raw arguments)
 
@@ -205,19 +226,23 @@ class MetricQuery:
 
 
 def parse_metric_query(match: re.Match) -> MetricQuery:
-    filters, tvars = [], []
+    filters, tvars, tkeys = [], [], {}
     for raw in match['filter'].split(','):
         item = raw.strip()
         if not item:
             continue
         tv = TEMPLATE_VARIABLE.match(item)
+        keyed = re.fullmatch(r'(?P<key>[\w.]+):\$(?P<name>\w+)\.value', item)
         if tv:
             tvars.append(tv['name'])
+        elif keyed:
+            tvars.append(keyed['name'])
+            tkeys[keyed['name']] = keyed['key']
         else:
             filters.append(item)
     group_by = [t.strip() for t in (match['by'] or '').split(',') if t.strip()]
     functions = re.findall(r'\.(\w+)\(([^()]*)\)', match['functions'] or '')
-    return MetricQuery(match.group(0), match['space'], match['metric'], filters, tvars, group_by, functions)
+    return MetricQuery(match.group(0), match['space'], match['metric'], filters, tvars, tkeys, group_by, functions)
 
 
 def metric_queries_in(text: str) -> list[MetricQuery]:
@@ -466,7 +491,7 @@ def queried_service_checks() -> set[str]:
 # == tests: dashboards ====================================================================================
 
 EXPECTED_DASHBOARDS = {
-    'openai_usage_overview.json': 'OpenAI Usage Overview',
+    'openai_usage_overview.json': 'OpenAI Overview',
     'openai_costs_budget.json': 'OpenAI Costs and Budget',
     'openai_collector_health.json': 'OpenAI Collector Health',
 }
@@ -490,8 +515,8 @@ EXPECTED_LOG_MONITORS = {
 }
 # Widgets allowed to put two endpoints in one formula: the ratio is meaningless without both.
 CROSS_ENDPOINT_FORMULAS = {
-    'Cost per 1k completions tokens by project (past week)',
-    'Cost per 1k completions tokens, all projects (past week)',
+    'Cost per 1k completions tokens by project',
+    'Cost per 1k completions tokens, all projects',
 }
 
 
@@ -668,11 +693,10 @@ def test_query_tags_are_set_on_the_metric(where, query):
     (vector stores have no `model`); a group-by on such a tag shows a single `N/A` group.
     """
     if query.metric in DATADOG_METRICS:
-        pytest.fail(
-            f"{where}: {query.metric} is Datadog's integration's, whose tags (ddtrace's) these tests do not know yet: "
-            'list the tags its queries may use before querying it'
-        )
-    tags = METRIC_TAGS[query.metric]
+        assert query.metric in DDTRACE_METRICS, f'{where}: {query.metric} is not one of the ddtrace metrics shown'
+        tags = DDTRACE_TAGS
+    else:
+        tags = METRIC_TAGS[query.metric]
     for key in query.filter_keys():
         assert key in tags, f'{where}: {query.metric} has no tag {key}'
     for key in query.group_by:
@@ -682,7 +706,8 @@ def test_query_tags_are_set_on_the_metric(where, query):
     board = load_json(DASHBOARD_DIR / where.split(': ', 1)[0])
     prefixes = {tv['name']: tv['prefix'] for tv in board['template_variables']}
     for name in query.template_variables:
-        assert prefixes[name] in tags, f'{where}: ${name} ({prefixes[name]}) does not apply to {query.metric}'
+        key = query.template_keys.get(name, prefixes[name])
+        assert key in tags, f'{where}: ${name} ({key}) does not apply to {query.metric}'
 
 
 @pytest.mark.parametrize(
@@ -763,6 +788,141 @@ def test_queried_metrics_helper():
     assert MONTH_TO_DATE.name in metrics and DATA_LAG.name in metrics
     assert 'openai.api.usage.completions.input_tokens' in metrics
     assert queried_service_checks() == {SERVICE_CHECK}
+
+
+# -- what a user sees first, and Datadog's dashboard conventions --------------------------------------------
+
+OVERVIEW = DASHBOARD_DIR / 'openai_usage_overview.json'
+# Words a title keeps in lower case: short function words, and names spelled that way.
+LOWER_WORDS = frozenset(
+    {'a', 'an', 'and', 'as', 'at', 'by', 'for', 'in', 'of', 'on', 'or', 'the', 'to', 'vs', 'per', 'ddtrace'}
+)
+TIMEFRAME_IN_TITLE = re.compile(
+    r'\b(past|last|previous|this) (\d+ )?(minutes?|hours?|days?|weeks?|months?)\b|selected time frame|\(\d+[mhdw]\)',
+    re.IGNORECASE,
+)
+
+
+def groups_of(board: dict) -> list[dict]:
+    return [w for w in board['widgets'] if w['definition']['type'] == 'group']
+
+
+def widget_metrics(widget: dict) -> set[str]:
+    metrics = set()
+    for request in widget['definition'].get('requests', []):
+        for query in request.get('queries', []):
+            metrics.update(q.metric for q in metric_queries_in(query.get('query', '')))
+    return metrics
+
+
+def test_overview_first_screen_answers_the_first_questions():
+    """The first group, on screen without scrolling: spend, usage, health and the monitors, before any note."""
+    board = load_json(OVERVIEW)
+    first = board['widgets'][0]
+    assert first['definition']['type'] == 'group' and first['definition']['title'] == 'Overview'
+    assert first['layout']['height'] <= 8, 'the overview group must fit on a laptop screen without scrolling'
+    widgets = first['definition']['widgets']
+    assert not [w for w in widgets if w['definition']['type'] == 'note'], 'notes belong below the first screen'
+    metrics = set().union(*(widget_metrics(w) for w in widgets))
+    wanted = {
+        MONTH_TO_DATE.name,  # month-to-date spend
+        PROJECT_MONTH_TO_DATE.name,  # top projects by spend
+        'openai.api.usage.completions.input_tokens',
+        'openai.api.usage.completions.output_tokens',
+        'openai.api.usage.completions.num_model_requests',
+        DATA_LAG.name,
+        PROJECTED_MONTH_END.name,  # projected month end
+        SPEND_LIMIT_UTILIZATION.name,  # against the spend limit
+        SPEND_LIMIT_PROJECTED_UTILIZATION.name,
+        ESTIMATED_COST.name,  # estimated spend today, top models by spend
+        RATE_LIMIT_UTILIZATION.name,  # the highest rate-limit utilization
+    }
+    assert wanted <= metrics, f'missing from the first screen: {wanted - metrics}'
+    kinds = {w['definition']['type']: w['definition'] for w in widgets}
+    assert kinds['check_status']['check'] == SERVICE_CHECK
+    assert kinds['manage_status']['query'] == 'tag:integration:openai'
+    for path in monitor_files():
+        assert 'integration:openai' in load_json(path)['tags'], f'{path.name} would not show in the monitor summary'
+    by_project = [
+        w
+        for w in widgets
+        if w['definition']['type'] == 'toplist' and 'by {project_name}' in json.dumps(w['definition']['requests'])
+    ]
+    assert by_project, 'no top projects by spend'
+
+
+@pytest.mark.parametrize('path', dashboard_files(), ids=lambda p: p.name)
+def test_dashboard_conventions(path):
+    board = load_json(path)
+    groups = groups_of(board)
+    assert len(groups) == len(board['widgets']), f'{path.name}: every widget sits in a group'
+    assert len({g['definition']['background_color'] for g in groups}) == 1, f'{path.name}: one group color'
+    for group in groups:
+        title = group['definition']['title']
+        for i, word in enumerate(title.replace('(', ' ').replace(')', ' ').split()):
+            if i and word.lower() in LOWER_WORDS:
+                assert word.islower() or word == 'ddtrace', f'{path.name}: {title!r}: {word!r} in lower case'
+            else:
+                assert word[0].isupper() or word == 'ddtrace', (
+                    f'{path.name}: group title {title!r} is not in title case'
+                )
+    palettes = set()
+    for widget in iter_widgets(board['widgets']):
+        definition = widget['definition']
+        title = definition.get('title', '')
+        assert not TIMEFRAME_IN_TITLE.search(title), (
+            f'{path.name}: {title!r}: a time frame belongs in the widget settings'
+        )
+        if definition['type'] == 'timeseries':
+            assert widget['layout']['width'] >= 4, f'{path.name}: {title!r} is narrower than 4 columns'
+            for request in definition['requests']:
+                kinds = {
+                    metric_metadata(m)['metric_type'] for m in widget_metrics({'definition': {'requests': [request]}})
+                }
+                expected = 'bars' if kinds == {'count'} else 'line'
+                assert request['display_type'] == expected, f'{path.name}: {title!r}: {sorted(kinds)} as {expected}'
+        for request in definition.get('requests', []):
+            if isinstance(request, dict) and 'palette' in request.get('style', {}):
+                palettes.add(request['style']['palette'])
+        if 'palette' in definition.get('style', {}):
+            palettes.add(definition['style']['palette'])
+    assert len(palettes) <= 1, f'{path.name}: one color scheme, not {sorted(palettes)}'
+    about = [g for g in groups if g['definition']['title'] == 'About']
+    assert len(about) == 1 and about[0]['definition'].get('banner_img', '').startswith('/static/images/logos/openai')
+    links = ' '.join(w['definition']['content'] for w in about[0]['definition']['widgets'])
+    assert 'https://github.com/datadog-openai/datadog-openai#' in links, f'{path.name}: About links to the README'
+
+
+@pytest.mark.parametrize('path', dashboard_files(), ids=lambda p: p.name)
+def test_every_template_variable_filters_every_widget_it_can(path):
+    board = load_json(path)
+    prefixes = {tv['name']: tv['prefix'] for tv in board['template_variables']}
+    for request in iter_requests(path):
+        for query in request.queries().values():
+            tags = DDTRACE_TAGS if query.metric in DATADOG_METRICS else METRIC_TAGS[query.metric]
+            if 'scope:organization' in query.filters:
+                tags = tags - {'project_id', 'project_name'}  # the organization's spend limit has no project
+            for name, prefix in prefixes.items():
+                applies = prefix in tags or (query.metric in DATADOG_METRICS and name == 'model')
+                if applies:
+                    assert name in query.template_variables, (
+                        f'{path.name}: {request.title!r}: ${name} does not filter {query.text}'
+                    )
+    for widget in iter_widgets(board['widgets']):
+        definition = widget['definition']
+        if definition['type'] == 'check_status' and 'account' in prefixes:
+            assert '$account' in definition['tags'], f'{path.name}: {definition["title"]!r} ignores $account'
+
+
+def test_ddtrace_group_is_marked_and_beside_the_billed_figures():
+    board = load_json(OVERVIEW)
+    group = next(g for g in groups_of(board) if 'ddtrace' in g['definition']['title'])
+    widgets = group['definition']['widgets']
+    metrics = set().union(*(widget_metrics(w) for w in widgets))
+    assert DDTRACE_METRICS <= metrics
+    assert 'openai.api.usage.completions.input_tokens' in metrics, 'the billed figures stand next to the ddtrace ones'
+    notes = ' '.join(w['definition']['content'] for w in widgets if w['definition']['type'] == 'note')
+    assert 'Needs ddtrace' in notes
 
 
 # == tests: monitors ======================================================================================
@@ -853,6 +1013,19 @@ def test_monitor_message_variables_are_groups(path):
             assert tag in groups, f'{path.name}: {{{{{tag}.name}}}} but the query groups by {sorted(groups)}'
 
 
+MONITOR_TITLE = re.compile(r'^[A-Z][\w -]*? (is|are|was|were|will|cannot|has|have) [\w ]+$')
+
+
+@pytest.mark.parametrize('path', monitor_files(), ids=lambda p: p.name)
+def test_monitor_title_and_description(path):
+    """Titles say the object then what happens to it, as Datadog recommends; anomaly monitors warn they need history."""
+    monitor = load_json(path)
+    assert MONITOR_TITLE.match(monitor['title']), f'{path.name}: {monitor["title"]!r} is not "object then verb"'
+    assert '{{' not in monitor['title']
+    if 'anomalies(' in monitor['definition']['query']:
+        assert 'three weeks' in monitor['description'], f'{path.name}: say it needs three weeks of history'
+
+
 def test_monitor_contents():
     def query_of(name):
         definition = load_json(MONITOR_DIR / name)['definition']
@@ -901,11 +1074,10 @@ def test_monitor_contents():
 
 
 def test_headroom_on_the_dashboards():
-    """The usage overview ends with its Headroom group; the costs dashboard draws the organization's hard spend limit
-    on its month-to-date chart."""
+    """The overview has a Headroom group; the costs dashboard draws the organization's hard spend limit on its
+    month-to-date chart."""
     board = load_json(DASHBOARD_DIR / 'openai_usage_overview.json')
-    last = board['widgets'][-1]['definition']
-    assert last['type'] == 'group' and last['title'].startswith('Headroom')
+    [last] = [g['definition'] for g in board['widgets'] if g['definition']['title'].startswith('Headroom')]
     metrics = {q.metric for w in iter_widgets(last['widgets']) for q in _widget_queries(w)}
     assert {
         RATE_LIMIT_UTILIZATION.name,

@@ -202,10 +202,10 @@ LOG_MONITORS = sorted((ROOT / 'assets' / 'monitors').glob('audit_*.json'))
 def test_the_recommended_audit_monitors_exist():
     titles = {json.loads(p.read_text())['title'] for p in LOG_MONITORS}
     assert titles == {
-        'Admin API key created or deleted',
-        'Burst of failed logins',
-        'Organization owner or admin role granted',
-        'Project rate limit or spend limit changed',
+        'Admin API key was created or deleted',
+        'Failed logins are frequent',
+        'Owner or admin role was granted',
+        'Project rate limit or spend limit was changed',
     }
     manifest = json.loads((ROOT / 'manifest.json').read_text())
     assert manifest['assets']['logs'] == {'source': 'openai'}
