@@ -19,8 +19,9 @@ memory of this process during the run (Linux VmHWM, reset before the run through
 /proc/self/clear_refs), the API requests, bytes and rows, the points submitted, the size of the saved
 state and the time to save and load it (Ledger.dumps/Ledger.loads). For the reported runs it also
 measures the floor: decoding the same response bytes with the JSON decoder the check uses plus
-submitting the same points (same names, values and tag lists) through an AgentCheck's count/gauge to
-the aggregator stub. Then it scales the completions endpoint (other endpoints small) to show that a
+submitting the same points (same names, values and tag lists) through an AgentCheck's count/gauge, and
+the loaded ledgers' memory per cell (tracemalloc). Points reach an aggregator that keeps nothing
+(NullAggregator), as inside the Agent, where they leave Python for the Go aggregator. Then it scales the completions endpoint (other endpoints small) to show that a
 run's cost is linear in the number of series.
 
 The Markdown report goes to stdout, progress to stderr.
@@ -39,7 +40,9 @@ import statistics
 import subprocess
 import sys
 import time
+from array import array
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -260,6 +263,51 @@ class GarbageCollection:
         gc.callbacks.remove(self._callback)
 
 
+class NullAggregator:
+    """The aggregator as the check sees it inside the Agent: each point goes to the Agent's Go side, and
+    nothing of it stays in Python memory. The test stub (datadog_checks.base.stubs.aggregator) keeps a
+    MetricStub per point instead, which would charge the check hundreds of MB and most of its garbage
+    collection. The check's count/gauge calls still run whole (names, tags, types); only the stub's storage
+    is replaced by a counter. The floor goes through the same sink, so the ratio stays fair.
+
+    For the runs whose floor is measured, the points are also captured, compactly (four flat columns, about
+    25 bytes a point), to be submitted again by the floor: that capture is in those runs' memory figures."""
+
+    def __init__(self):
+        self.points = 0
+        self.capture = False
+        self.clear()
+
+    def clear(self) -> None:
+        self.names, self.types, self.values, self.tags = [], bytearray(), array('d'), []
+
+    def submit_metric(self, check, check_id, mtype, name, value, tags, hostname, flush_first_value):
+        self.points += 1
+        if self.capture:
+            self.names.append(name)
+            self.types.append(mtype)
+            self.values.append(value)
+            self.tags.append(tags)
+
+    def captured(self) -> list[tuple]:
+        return list(zip(self.names, self.types, self.values, self.tags))
+
+
+SINK = NullAggregator()
+
+
+@contextmanager
+def null_aggregator():
+    """The stub's submit_metric replaced by SINK's for the benchmark's duration (the tests' stub is restored)."""
+    from datadog_checks.base.stubs import aggregator
+
+    aggregator.submit_metric = SINK.submit_metric
+    try:
+        yield SINK
+    finally:
+        del aggregator.submit_metric
+
+
 # -- the check, instrumented lightly -------------------------------------------------------------------
 
 
@@ -283,6 +331,7 @@ class Bench:
 
         self.sim = sim
         self.aggregator = aggregator
+        self.sink = SINK
         self.cache = datadog_agent._cache
         self.cache.clear()
         aggregator.reset()
@@ -340,6 +389,8 @@ class Bench:
         """One run of the check at the current time; the clock then moves INTERVAL seconds. With
         `with_floor`, the record also holds the run's floor, its pages and the state's load and save times."""
         self.aggregator.reset()
+        self.sink.points = 0
+        self.sink.capture = with_floor
         self.results = []
         self.names_cpu = self.names_wall = 0.0
         self.sim.set_time(self.clock.now())
@@ -353,15 +404,16 @@ class Bench:
             error = self.check.run()
             cpu = time.process_time() - cpu
             wall = time.perf_counter() - wall
+        self.sink.capture = False
+        gc.collect()
+        # What the run left behind, before the benchmark's own bookkeeping.
+        rss_after = _status_kb('VmRSS')
         if error:
             raise RuntimeError(f'the check failed: {error}')
         sim_cpu = self.sim.cpu() - sim_cpu
         log = self.sim.take_log()
-        points = [
-            (stub.name, stub.type, stub.value, stub.tags)
-            for stubs in self.aggregator._metrics.values()
-            for stub in stubs
-        ]
+        points = self.sink.captured()
+        self.sink.clear()
         flows = sum(len(r.counts) for r in self.results)
         record = {
             'run': len(self.runs) + 1,
@@ -375,6 +427,7 @@ class Bench:
             'simulator_cpu_s': sim_cpu,
             'peak_rss_mb': memory.peak_kb / 1024,
             'rss_before_mb': (memory.rss_before or 0) / 1024,
+            'rss_after_mb': (rss_after or 0) / 1024,
             'allocated_blocks_before': blocks,
             'memory_method': memory.method,
             'requests': len(log),
@@ -386,7 +439,7 @@ class Bench:
             'rows': sum(r.rows for r in self.results),
             'rows_by_endpoint': {r.source: r.rows for r in self.results},
             'count_points': flows,
-            'points': len(points),
+            'points': self.sink.points,
             'complete': all(r.complete for r in self.results),
             'baseline': any(r.baseline for r in self.results),
         }
@@ -394,6 +447,7 @@ class Bench:
         ledgers = [s.ledger for s in self.check.sources if getattr(s, 'ledger', None) is not None]
         record['state_cells'] = sum(len(b) for ledger in ledgers for b in ledger.buckets.values())
         if with_floor:
+            record.update(self.ledger_memory())
             record['pages'] = [r for r in log if r['start_time'] is not None]
             record.update(self.floor(record, log, points))
         self.runs.append(record)
@@ -424,6 +478,31 @@ class Bench:
         if not timed:
             return {'state_bytes': size}
         return {'state_bytes': size, 'state_load_s': load, 'state_save_s': save}
+
+    def ledger_memory(self) -> dict:
+        """Bytes a ledger holds in memory per (bucket, series) cell, measured with tracemalloc: each saved state
+        loaded again (as the check does once per start; afterwards it applies each run's change to it), with
+        what the loading allocated and freed left out."""
+        import tracemalloc
+
+        from datadog_checks.openai.ledger import Ledger
+
+        held = cells = 0
+        for key, text in self.cache.items():
+            if '_ledger_' not in key:
+                continue
+            gc.collect()
+            tracemalloc.start()
+            try:
+                before = tracemalloc.get_traced_memory()[0]
+                ledger = Ledger.loads(text)
+                gc.collect()
+                held += tracemalloc.get_traced_memory()[0] - before
+            finally:
+                tracemalloc.stop()
+            cells += sum(len(b) for b in ledger.buckets.values())
+            del ledger
+        return {'ledger_bytes': held, 'ledger_cells': cells, 'ledger_bytes_per_cell': held / cells if cells else 0.0}
 
     def floor(self, record: dict, log: list[dict], points: list[tuple]) -> dict:
         """The floor for a run: decode its response bytes, submit its points, nothing else."""
@@ -476,10 +555,10 @@ class Bench:
         submitted = []
 
         def submit_all():
-            self.aggregator.reset()
+            self.sink.points = 0
             for submit, name, value, tags in points:
                 submit(name, value, tags=tags)
-            submitted.append(sum(len(s) for s in self.aggregator._metrics.values()))
+            submitted.append(self.sink.points)
 
         submit_cpu, submit_wall = _median_of(FLOOR_REPEATS, submit_all)
         self.aggregator.reset()
@@ -659,6 +738,9 @@ def _scaling(p: dict) -> list[dict]:
                 'bytes': last['bytes'],
                 'points': last['points'],
                 'peak_rss_mb': max(r['peak_rss_mb'] for r in steady),
+                'rss_before_mb': last['rss_before_mb'],
+                'ledger_bytes_per_cell': last['ledger_bytes_per_cell'],
+                'requests': last['usage_costs_requests'],
                 'state_bytes': last['state_bytes'],
                 'floor_cpu_s': last['floor_cpu_s'],
                 'ratio': cpu / last['floor_cpu_s'] if last['floor_cpu_s'] else None,
@@ -803,7 +885,12 @@ def markdown(report: dict) -> str:
     row(
         f'Peak RSS of the check process ({runs[reported[0]]["memory_method"]})', lambda r: f'{r["peak_rss_mb"]:,.0f} MB'
     )
-    row('  RSS when the run started', lambda r: f'{r["rss_before_mb"]:,.0f} MB')
+    row('  RSS when the run started (held between runs)', lambda r: f'{r["rss_before_mb"]:,.0f} MB')
+    row('  RSS when the run ended', lambda r: f'{r["rss_after_mb"]:,.0f} MB')
+    row(
+        'Ledgers in memory, bytes per (bucket, series) cell (tracemalloc)',
+        lambda r: f'{r["ledger_bytes_per_cell"]:,.0f} B ({_mb(r["ledger_bytes"])})',
+    )
     row('API requests: usage and costs pages', lambda r: f'{r["usage_costs_requests"]}')
     row('API requests: project and key listings (names)', lambda r: f'{r["listing_requests"]:,}')
     row('Bytes received', lambda r: _mb(r['bytes']))
@@ -875,15 +962,17 @@ def markdown(report: dict) -> str:
     add('')
     add(
         '| Completions series per bucket | Rows per run | Bytes | Points | CPU per run | Floor | Ratio '
-        '| CPU per series | Marginal CPU per added series | Peak RSS | State |'
+        '| CPU per series | Marginal CPU per added series | Peak RSS | RSS between runs | Ledger per cell '
+        '| Usage and costs requests | State |'
     )
-    add('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
+    add('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
     for s in report['scaling']:
         marginal = f'{s["marginal_us_per_series"]:,.0f} us' if 'marginal_us_per_series' in s else '-'
         add(
             f'| {s["series"]:,} | {s["rows"]:,} | {_mb(s["bytes"])} | {s["points"]:,} | {_s(s["cpu_s"])} | '
             f'{_s(s["floor_cpu_s"])} | {s["ratio"]:.2f} | {s["cpu_per_series_us"]:,.0f} us | {marginal} | '
-            f'{s["peak_rss_mb"]:,.0f} MB | {_mb(s["state_bytes"])} |'
+            f'{s["peak_rss_mb"]:,.0f} MB | {s["rss_before_mb"]:,.0f} MB | {s["ledger_bytes_per_cell"]:,.0f} B | '
+            f'{s["requests"]} | {_mb(s["state_bytes"])} |'
         )
     add('')
     add(f'Benchmark duration: {report["duration_s"]:.0f} s.')
@@ -924,6 +1013,11 @@ def main(argv=None) -> dict:
 
 
 def _main(args) -> dict:
+    with null_aggregator():
+        return _report(args)
+
+
+def _report(args) -> dict:
     name = 'tiny' if args.tiny else 'quick' if args.quick else 'full'
     p = dict(PROFILES[name])
     if args.runs:
