@@ -375,10 +375,14 @@ class OpenAIClient:
                 raise BadResponse(
                     f'OpenAI sent a page without data/has_more for {path}; the response was not a usage page.', 200
                 )
-            yield data
-            next_page = body.get('next_page')
+            more, next_page, empty = body.get('has_more'), body.get('next_page'), not data
+            # Nothing of this page is kept once the caller is done with it: the next page is never decoded
+            # while this one is still in memory.
+            del body
+            yield Page(data)
+            del data
             # Defensive stops: the costs endpoint has been seen to return a cursor after its last page.
-            if not body.get('has_more') or not next_page or not data or next_page in seen:
+            if not more or not next_page or empty or next_page in seen:
                 return
             seen.add(next_page)
             page = next_page
@@ -397,6 +401,18 @@ class OpenAIClient:
             if not body.get('has_more') or not last or last == after:
                 return
             after = last
+
+
+class Page(list):
+    """The buckets of one page. A caller that reads them through drain() lets go of each bucket as it takes the
+    next: the rows of a bucket it compared are freed while it reads the others."""
+
+    def drain(self) -> Iterator[Any]:
+        for i in range(len(self)):
+            bucket = self[i]
+            self[i] = None
+            yield bucket
+            del bucket
 
 
 class BodyReader:
