@@ -21,8 +21,9 @@ state and the time to save and load it (Ledger.dumps/Ledger.loads). For the repo
 measures the floor: decoding the same response bytes with the JSON decoder the check uses plus
 submitting the same points (same names, values and tag lists) through an AgentCheck's count/gauge, and
 the loaded ledgers' memory per cell (tracemalloc). Points reach an aggregator that keeps nothing
-(NullAggregator), as inside the Agent, where they leave Python for the Go aggregator. Then it scales the completions endpoint (other endpoints small) to show that a
-run's cost is linear in the number of series.
+(NullAggregator), as inside the Agent, where they leave Python for the Go aggregator. Then it scales
+the completions endpoint (other endpoints small) to show that a run's cost is linear in the number of
+series.
 
 The Markdown report goes to stdout, progress to stderr.
 """
@@ -461,7 +462,7 @@ class Bench:
         from datadog_checks.openai.ledger import Ledger
 
         size = 0
-        load = save = 0.0
+        load = save = resave = 0.0
         for key, text in self.cache.items():
             if '_ledger_' not in key:
                 continue
@@ -473,11 +474,16 @@ class Bench:
             t1 = time.perf_counter()
             ledger.dumps()
             t2 = time.perf_counter()
+            # Saved again unchanged, as a run that changed nothing of it would (the compact ledger reuses the
+            # saved form of each bucket it did not write to; 0.2.0's ledger did not).
+            ledger.dumps()
+            t3 = time.perf_counter()
             load += t1 - t0
             save += t2 - t1
+            resave += t3 - t2
         if not timed:
             return {'state_bytes': size}
-        return {'state_bytes': size, 'state_load_s': load, 'state_save_s': save}
+        return {'state_bytes': size, 'state_load_s': load, 'state_save_s': save, 'state_resave_s': resave}
 
     def ledger_memory(self) -> dict:
         """Bytes a ledger holds in memory per (bucket, series) cell, measured with tracemalloc: each saved state
@@ -487,7 +493,7 @@ class Bench:
 
         from datadog_checks.openai.ledger import Ledger
 
-        held = cells = 0
+        held = kept = cells = 0
         for key, text in self.cache.items():
             if '_ledger_' not in key:
                 continue
@@ -498,11 +504,20 @@ class Bench:
                 ledger = Ledger.loads(text)
                 gc.collect()
                 held += tracemalloc.get_traced_memory()[0] - before
+                # What saving it keeps for the next save, if anything (the compact ledger's saved parts).
+                ledger.dumps()
+                gc.collect()
+                kept += tracemalloc.get_traced_memory()[0] - before - held
             finally:
                 tracemalloc.stop()
             cells += sum(len(b) for b in ledger.buckets.values())
             del ledger
-        return {'ledger_bytes': held, 'ledger_cells': cells, 'ledger_bytes_per_cell': held / cells if cells else 0.0}
+        return {
+            'ledger_bytes': held,
+            'ledger_cells': cells,
+            'ledger_bytes_per_cell': held / cells if cells else 0.0,
+            'ledger_save_cache_bytes_per_cell': kept / cells if cells else 0.0,
+        }
 
     def floor(self, record: dict, log: list[dict], points: list[tuple]) -> dict:
         """The floor for a run: decode its response bytes, submit its points, nothing else."""
@@ -891,6 +906,7 @@ def markdown(report: dict) -> str:
         'Ledgers in memory, bytes per (bucket, series) cell (tracemalloc)',
         lambda r: f'{r["ledger_bytes_per_cell"]:,.0f} B ({_mb(r["ledger_bytes"])})',
     )
+    row('  kept by saving for the next save, per cell', lambda r: f'{r["ledger_save_cache_bytes_per_cell"]:,.0f} B')
     row('API requests: usage and costs pages', lambda r: f'{r["usage_costs_requests"]}')
     row('API requests: project and key listings (names)', lambda r: f'{r["listing_requests"]:,}')
     row('Bytes received', lambda r: _mb(r['bytes']))
@@ -898,7 +914,8 @@ def markdown(report: dict) -> str:
     row('Points submitted (counts + gauges)', lambda r: f'{r["points"]:,}')
     row('Saved state (all endpoints)', lambda r: _mb(r['state_bytes']))
     row('  (bucket, series) cells in the state', lambda r: f'{r["state_cells"]:,}')
-    row('Save state (Ledger.dumps)', lambda r: _ms(r['state_save_s']))
+    row('Save state (Ledger.dumps, after a load)', lambda r: _ms(r['state_save_s']))
+    row('  saved again, unchanged', lambda r: _ms(r['state_resave_s']))
     row('Load state (Ledger.loads)', lambda r: _ms(r['state_load_s']))
     row('Simulator CPU (other process, not counted above)', lambda r: _s(r['simulator_cpu_s']))
     add('')
