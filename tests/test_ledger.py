@@ -685,3 +685,22 @@ def test_pages_are_split_only_when_a_page_would_hold_too_many_rows():
     source.max_page_rows = 10
     assert [dict(q)['limit'] for q in source.queries(window, now, ledger)] == [2] * 4
     assert dict(source.queries(window, now, ledger)[-1])['start_time'] == T0
+
+
+def test_a_page_too_large_to_read_is_read_one_bucket_a_page_from_the_next_run_on():
+    from datadog_checks.openai.client import TooLarge
+
+    class TooLargeClient(PagesClient):
+        def iter_buckets_pages(self, path, params, endpoint):
+            self.queries.append(dict(params))
+            raise TooLarge('The response to /v1/organization/usage/completions is larger than 256 MiB', 200)
+            yield
+
+    c = completions()
+    client = TooLargeClient()
+    result = c.run(client, None, T0 + 360)  # a baseline: nothing tells the rows per bucket
+    assert not result.outcome.complete and dict(client.queries[0])['limit'] == 168
+    assert any('the next run reads one bucket a page' in w for w in result.outcome.warnings)
+    client = PagesClient([bucket(T0 - 6 * H + i * H, row('a', 1)) for i in range(7)])
+    result = c.run(client, None, T0 + 720)
+    assert [q['limit'] for q in client.queries] == [1] * 7 and result.outcome.complete

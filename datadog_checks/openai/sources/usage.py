@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..catalogue import BUCKET_SECONDS, Endpoint
-from ..client import ApiError, BadResponse, RequestRefused
+from ..client import ApiError, BadResponse, RequestRefused, TooLarge
 from ..ledger import ABSENT, UNREPORTED, BucketView, Change, Key, LazyCells, Ledger, Values, shape_of
 from ..memory import release_freed_memory
 from .base import Outcome, Point, Run, Source, StateStore
@@ -169,6 +169,10 @@ class UsageSource(Source):
             outcome.error = e
         if reading.widest:
             self.rows_per_bucket = reading.widest
+        if isinstance(outcome.error, TooLarge) and (self.rows_per_bucket or 0) <= self.max_page_rows:
+            # A page too large to read, of a size nobody knew (a baseline, a catch-up): one bucket a page next.
+            self.rows_per_bucket = self.max_page_rows + 1
+            self.notes.append(f'{self.name}: the next run reads one bucket a page, to keep each response smaller.')
         if reading.rows >= RELEASE_AFTER_ROWS:
             release_freed_memory()
         return self._conclude(reading, outcome, run.now)
