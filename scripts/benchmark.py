@@ -503,11 +503,12 @@ class Bench:
                 before = tracemalloc.get_traced_memory()[0]
                 ledger = Ledger.loads(text)
                 gc.collect()
-                held += tracemalloc.get_traced_memory()[0] - before
+                loaded = tracemalloc.get_traced_memory()[0]
                 # What saving it keeps for the next save, if anything (the compact ledger's saved parts).
                 ledger.dumps()
                 gc.collect()
-                kept += tracemalloc.get_traced_memory()[0] - before - held
+                kept += tracemalloc.get_traced_memory()[0] - loaded
+                held += loaded - before
             finally:
                 tracemalloc.stop()
             cells += sum(len(b) for b in ledger.buckets.values())
