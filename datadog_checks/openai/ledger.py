@@ -443,7 +443,7 @@ class Ledger:
         )
         if ledger is not self:
             change.fragments = fragments
-        return f'{header[:-1]},"buckets":{{{",".join(parts)}}}}}', len(ledger.keys)
+        return header[:-1] + ',"buckets":{' + ','.join(parts) + '}}', len(ledger.keys)
 
     def _bucket_json(self, start: int) -> str:
         """A bucket as format 3 saves it: its series' table indices, then their values."""
