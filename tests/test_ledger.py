@@ -704,3 +704,20 @@ def test_a_page_too_large_to_read_is_read_one_bucket_a_page_from_the_next_run_on
     client = PagesClient([bucket(T0 - 6 * H + i * H, row('a', 1)) for i in range(7)])
     result = c.run(client, None, T0 + 720)
     assert [q['limit'] for q in client.queries] == [1] * 7 and result.outcome.complete
+
+
+def test_the_counts_of_a_run_read_as_the_tuples_they_stand_for():
+    c = completions()
+    ledger = c.run(PagesClient([bucket(T0, row('a', 5), row('b', 7))]), None, T0 + 60).ledger
+    result = c.run(PagesClient([bucket(T0, row('a', 9, 2), row('b', 7, 0, 3))]), ledger, T0 + 120)
+    counts = result.outcome.counts
+    dims = c.source.dims
+    expected = [
+        (IN, 4, dims, ('a',)),
+        (OUT, 2, dims, ('a',)),
+        ('openai.api.usage.completions.num_model_requests', 2, dims, ('b',)),
+    ]
+    assert list(counts) == expected and len(counts) == 3
+    assert [counts[i] for i in range(3)] == expected and counts[1:] == expected[1:]
+    # Each point carries the ledger's own key, not a copy from the page.
+    assert all(any(key is k for k in ledger.keys) for *_, key in counts)

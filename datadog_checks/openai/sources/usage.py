@@ -10,14 +10,16 @@ from __future__ import annotations
 import calendar
 import time
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 from ..catalogue import BUCKET_SECONDS, Endpoint
 from ..client import ApiError, BadResponse, RequestRefused, TooLarge
 from ..ledger import ABSENT, UNREPORTED, BucketView, Change, Key, LazyCells, Ledger, Values, shape_of
 from ..memory import release_freed_memory
-from .base import Outcome, Point, Run, Source, StateStore
+from .base import Outcome, Run, Source, StateStore
 from .rows import aggregate, key_reader, valid_values, values_reader
 
 # The most result rows the check asks for in one page, when it knows how many a bucket holds. A decoded row takes
@@ -65,6 +67,37 @@ class Window:
     lost: tuple[int, int] | None = None
 
 
+class Points(Sequence):
+    """The counts of one run, as compact as the ledger: a metric's number, a value and the series key (the
+    ledger's own object) per point, instead of a tuple and a number object each (some 100 bytes, and as many
+    objects for the garbage collector to walk: a large organization's run has hundreds of thousands). It reads
+    as the list of (metric, value, dims, key) tuples it stands for."""
+
+    def __init__(self, names: tuple[str, ...], dims: tuple[str, ...]):
+        self.names = names
+        self.dims = dims
+        self.metric = bytearray() if len(names) < 256 else array('H')
+        self.values = array('d')
+        self.keys: list[Key] = []
+
+    def add(self, metric: int, value: float, key: Key) -> None:
+        self.metric.append(metric)
+        self.values.append(value)
+        self.keys.append(key)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return (self.names[self.metric[i]], self.values[i], self.dims, self.keys[i])
+
+    def __iter__(self):
+        names, dims = self.names, self.dims
+        return zip(map(names.__getitem__, self.metric), self.values, repeat(dims), self.keys)
+
+
 @dataclass
 class Reading:
     """What one run accumulates while it reads the pages of its window."""
@@ -72,7 +105,7 @@ class Reading:
     window: Window
     base: Ledger
     change: Change
-    counts: list[Point] = field(default_factory=list)
+    counts: Points | None = None
     # Level fields (vector store bytes): the newest bucket's values, by series.
     levels: dict[Key, tuple[int, Values]] = field(default_factory=dict)
     rows: int = 0
@@ -154,6 +187,7 @@ class UsageSource(Source):
         base = ledger if ledger is not None else Ledger(self.shape, window.read_start, run.now)
         # The buckets an outage pushed out of reach are dropped: they can no longer be compared.
         reading = Reading(window, base, Change(max(base.horizon, window.read_start), base.read_at, base))
+        reading.counts = Points(self.flow_names, self.dims)
         outcome = Outcome(self.name)
         try:
             for params in self.queries(window, run.now, ledger):
@@ -272,8 +306,8 @@ class UsageSource(Source):
 
         A point carries the ledger's own key object, not the row's, so that the page's strings are freed with
         the page."""
-        names, dims = self.flow_names, self.dims
-        base, change, counts, baseline = reading.base, reading.change, reading.counts, reading.window.baseline
+        base, change, baseline = reading.base, reading.change, reading.window.baseline
+        add = reading.counts.add
         index_of, keys, row = base.index.get, base.keys, base.row
         column = base.column(start)
         # Floats are compared as tuples: a figure beyond 2**53 could round to the one the ledger holds.
@@ -312,9 +346,9 @@ class UsageSource(Source):
             if old is None:
                 new = values
                 if not baseline:
-                    for name, v in zip(names, values):
+                    for i, v in enumerate(values):
                         if v:
-                            counts.append((name, v, dims, key))
+                            add(i, v, key)
             else:
                 new = list(old)
                 for i, v in enumerate(values):
@@ -325,7 +359,7 @@ class UsageSource(Source):
                     if delta:
                         new[i] = v
                         if not baseline:
-                            counts.append((names[i], delta, dims, key))
+                            add(i, delta, key)
             indices.append(g)
             if None in new:
                 slots.extend([UNREPORTED if v is None else v for v in new])
