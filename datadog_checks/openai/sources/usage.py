@@ -306,8 +306,7 @@ class UsageSource(Source):
 
         A point carries the ledger's own key object, not the row's, so that the page's strings are freed with
         the page."""
-        base, change, baseline = reading.base, reading.change, reading.window.baseline
-        add = reading.counts.add
+        base, change = reading.base, reading.change
         index_of, keys, row = base.index.get, base.keys, base.row
         column = base.column(start)
         # Floats are compared as tuples: a figure beyond 2**53 could round to the one the ledger holds.
@@ -343,30 +342,35 @@ class UsageSource(Source):
             if g is None:
                 g = change.index_of_new(key)
                 key = change.new_keys[g - change.first_new]  # the first row's key, for every bucket of the run
-            if old is None:
-                new = values
-                if not baseline:
-                    for i, v in enumerate(values):
-                        if v:
-                            add(i, v, key)
-            else:
-                new = list(old)
-                for i, v in enumerate(values):
-                    if v is None:
-                        continue  # not reported this time: what was submitted stands
-                    before = old[i]
-                    delta = v if before is None else v - before
-                    if delta:
-                        new[i] = v
-                        if not baseline:
-                            add(i, delta, key)
             indices.append(g)
-            if None in new:
-                slots.extend([UNREPORTED if v is None else v for v in new])
-            else:
-                slots.extend(new)
+            slots.extend(self._submitted(values, old, key, reading))
         change.add(start, indices, slots)
         return rejected
+
+    @staticmethod
+    def _submitted(values: Values, old: Values | None, key: Key, reading: Reading) -> Values:
+        """What stands submitted for a new or changed row once its increases are counted, as ledger slots."""
+        add = None if reading.window.baseline else reading.counts.add
+        if old is None:
+            new = values
+            if add is not None:
+                for i, v in enumerate(values):
+                    if v:
+                        add(i, v, key)
+        else:
+            new = list(old)
+            for i, v in enumerate(values):
+                if v is None:
+                    continue  # not reported this time: what was submitted stands
+                before = old[i]
+                delta = v if before is None else v - before
+                if delta:
+                    new[i] = v
+                    if add is not None:
+                        add(i, delta, key)
+        if None in new:
+            return [UNREPORTED if v is None else v for v in new]
+        return new
 
     def bucket_read(self, start: int, current: dict, submitted: dict, changed: dict, rejected: list, now: float):
         """A hook for what a subclass derives from each bucket once it is compared (costs: the month's total)."""
