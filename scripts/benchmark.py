@@ -19,9 +19,11 @@ memory of this process during the run (Linux VmHWM, reset before the run through
 /proc/self/clear_refs), the API requests, bytes and rows, the points submitted, the size of the saved
 state and the time to save and load it (Ledger.dumps/Ledger.loads). For the reported runs it also
 measures the floor: decoding the same response bytes with the JSON decoder the check uses plus
-submitting the same points (same names, values and tag lists) through an AgentCheck's count/gauge to
-the aggregator stub. Then it scales the completions endpoint (other endpoints small) to show that a
-run's cost is linear in the number of series.
+submitting the same points (same names, values and tag lists) through an AgentCheck's count/gauge, and
+the loaded ledgers' memory per cell (tracemalloc). Points reach an aggregator that keeps nothing
+(NullAggregator), as inside the Agent, where they leave Python for the Go aggregator. Then it scales
+the completions endpoint (other endpoints small) to show that a run's cost is linear in the number of
+series.
 
 The Markdown report goes to stdout, progress to stderr.
 """
@@ -39,7 +41,9 @@ import statistics
 import subprocess
 import sys
 import time
+from array import array
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -260,6 +264,51 @@ class GarbageCollection:
         gc.callbacks.remove(self._callback)
 
 
+class NullAggregator:
+    """The aggregator as the check sees it inside the Agent: each point goes to the Agent's Go side, and
+    nothing of it stays in Python memory. The test stub (datadog_checks.base.stubs.aggregator) keeps a
+    MetricStub per point instead, which would charge the check hundreds of MB and most of its garbage
+    collection. The check's count/gauge calls still run whole (names, tags, types); only the stub's storage
+    is replaced by a counter. The floor goes through the same sink, so the ratio stays fair.
+
+    For the runs whose floor is measured, the points are also captured, compactly (four flat columns, about
+    25 bytes a point), to be submitted again by the floor: that capture is in those runs' memory figures."""
+
+    def __init__(self):
+        self.points = 0
+        self.capture = False
+        self.clear()
+
+    def clear(self) -> None:
+        self.names, self.types, self.values, self.tags = [], bytearray(), array('d'), []
+
+    def submit_metric(self, check, check_id, mtype, name, value, tags, hostname, flush_first_value):
+        self.points += 1
+        if self.capture:
+            self.names.append(name)
+            self.types.append(mtype)
+            self.values.append(value)
+            self.tags.append(tags)
+
+    def captured(self) -> list[tuple]:
+        return list(zip(self.names, self.types, self.values, self.tags))
+
+
+SINK = NullAggregator()
+
+
+@contextmanager
+def null_aggregator():
+    """The stub's submit_metric replaced by SINK's for the benchmark's duration (the tests' stub is restored)."""
+    from datadog_checks.base.stubs import aggregator
+
+    aggregator.submit_metric = SINK.submit_metric
+    try:
+        yield SINK
+    finally:
+        del aggregator.submit_metric
+
+
 # -- the check, instrumented lightly -------------------------------------------------------------------
 
 
@@ -283,6 +332,7 @@ class Bench:
 
         self.sim = sim
         self.aggregator = aggregator
+        self.sink = SINK
         self.cache = datadog_agent._cache
         self.cache.clear()
         aggregator.reset()
@@ -344,6 +394,8 @@ class Bench:
         """One run of the check at the current time; the clock then moves INTERVAL seconds. With
         `with_floor`, the record also holds the run's floor, its pages and the state's load and save times."""
         self.aggregator.reset()
+        self.sink.points = 0
+        self.sink.capture = with_floor
         self.results = []
         self.names_cpu = self.names_wall = 0.0
         self.sim.set_time(self.clock.now())
@@ -357,15 +409,16 @@ class Bench:
             error = self.check.run()
             cpu = time.process_time() - cpu
             wall = time.perf_counter() - wall
+        self.sink.capture = False
+        gc.collect()
+        # What the run left behind, before the benchmark's own bookkeeping.
+        rss_after = _status_kb('VmRSS')
         if error:
             raise RuntimeError(f'the check failed: {error}')
         sim_cpu = self.sim.cpu() - sim_cpu
         log = self.sim.take_log()
-        points = [
-            (stub.name, stub.type, stub.value, stub.tags)
-            for stubs in self.aggregator._metrics.values()
-            for stub in stubs
-        ]
+        points = self.sink.captured()
+        self.sink.clear()
         flows = sum(len(r.counts) for r in self.results)
         record = {
             'run': len(self.runs) + 1,
@@ -379,6 +432,7 @@ class Bench:
             'simulator_cpu_s': sim_cpu,
             'peak_rss_mb': memory.peak_kb / 1024,
             'rss_before_mb': (memory.rss_before or 0) / 1024,
+            'rss_after_mb': (rss_after or 0) / 1024,
             'allocated_blocks_before': blocks,
             'memory_method': memory.method,
             'requests': len(log),
@@ -393,7 +447,7 @@ class Bench:
                 r.source: r.rows for r in self.results if not self.check.sources_by_name[r.source].derived
             },
             'count_points': flows,
-            'points': len(points),
+            'points': self.sink.points,
             'complete': all(r.complete for r in self.results),
             'baseline': any(r.baseline for r in self.results),
         }
@@ -401,8 +455,16 @@ class Bench:
         ledgers = [s.ledger for s in self.check.sources if getattr(s, 'ledger', None) is not None and not s.derived]
         record['state_cells'] = sum(len(b) for ledger in ledgers for b in ledger.buckets.values())
         if with_floor:
+            record.update(self.ledger_memory())
             record['pages'] = [r for r in log if r['start_time'] is not None]
             record.update(self.floor(record, log, points))
+            del points
+            # The floor's own bodies and points are the benchmark's: give their memory back before the next run
+            # (as the check does after a large read), so that it does not count as that run's.
+            from datadog_checks.openai.memory import release_freed_memory
+
+            gc.collect()
+            release_freed_memory()
         self.runs.append(record)
         self.results = []  # the check keeps none of them: neither should the benchmark, between runs
         self.aggregator.reset()
@@ -414,7 +476,7 @@ class Bench:
         from datadog_checks.openai.ledger import Ledger
 
         size = 0
-        load = save = 0.0
+        load = save = resave = 0.0
         for key, text in self.cache.items():
             if '_ledger_' not in key:
                 continue
@@ -426,11 +488,51 @@ class Bench:
             t1 = time.perf_counter()
             ledger.dumps()
             t2 = time.perf_counter()
+            # Saved again unchanged, as a run that changed nothing of it would (the compact ledger reuses the
+            # saved form of each bucket it did not write to; 0.2.0's ledger did not).
+            ledger.dumps()
+            t3 = time.perf_counter()
             load += t1 - t0
             save += t2 - t1
+            resave += t3 - t2
         if not timed:
             return {'state_bytes': size}
-        return {'state_bytes': size, 'state_load_s': load, 'state_save_s': save}
+        return {'state_bytes': size, 'state_load_s': load, 'state_save_s': save, 'state_resave_s': resave}
+
+    def ledger_memory(self) -> dict:
+        """Bytes a ledger holds in memory per (bucket, series) cell, measured with tracemalloc: each saved state
+        loaded again (as the check does once per start; afterwards it applies each run's change to it), with
+        what the loading allocated and freed left out."""
+        import tracemalloc
+
+        from datadog_checks.openai.ledger import Ledger
+
+        held = kept = cells = 0
+        for key, text in self.cache.items():
+            if '_ledger_' not in key:
+                continue
+            gc.collect()
+            tracemalloc.start()
+            try:
+                before = tracemalloc.get_traced_memory()[0]
+                ledger = Ledger.loads(text)
+                gc.collect()
+                loaded = tracemalloc.get_traced_memory()[0]
+                # What saving it keeps for the next save, if anything (the compact ledger's saved parts).
+                ledger.dumps()
+                gc.collect()
+                kept += tracemalloc.get_traced_memory()[0] - loaded
+                held += loaded - before
+            finally:
+                tracemalloc.stop()
+            cells += sum(len(b) for b in ledger.buckets.values())
+            del ledger
+        return {
+            'ledger_bytes': held,
+            'ledger_cells': cells,
+            'ledger_bytes_per_cell': held / cells if cells else 0.0,
+            'ledger_save_cache_bytes_per_cell': kept / cells if cells else 0.0,
+        }
 
     def floor(self, record: dict, log: list[dict], points: list[tuple]) -> dict:
         """The floor for a run: decode its response bytes, submit its points, nothing else."""
@@ -483,10 +585,10 @@ class Bench:
         submitted = []
 
         def submit_all():
-            self.aggregator.reset()
+            self.sink.points = 0
             for submit, name, value, tags in points:
                 submit(name, value, tags=tags)
-            submitted.append(sum(len(s) for s in self.aggregator._metrics.values()))
+            submitted.append(self.sink.points)
 
         submit_cpu, submit_wall = _median_of(FLOOR_REPEATS, submit_all)
         self.aggregator.reset()
@@ -666,6 +768,9 @@ def _scaling(p: dict) -> list[dict]:
                 'bytes': last['bytes'],
                 'points': last['points'],
                 'peak_rss_mb': max(r['peak_rss_mb'] for r in steady),
+                'rss_before_mb': last['rss_before_mb'],
+                'ledger_bytes_per_cell': last['ledger_bytes_per_cell'],
+                'requests': last['usage_costs_requests'],
                 'state_bytes': last['state_bytes'],
                 'floor_cpu_s': last['floor_cpu_s'],
                 'ratio': cpu / last['floor_cpu_s'] if last['floor_cpu_s'] else None,
@@ -810,7 +915,13 @@ def markdown(report: dict) -> str:
     row(
         f'Peak RSS of the check process ({runs[reported[0]]["memory_method"]})', lambda r: f'{r["peak_rss_mb"]:,.0f} MB'
     )
-    row('  RSS when the run started', lambda r: f'{r["rss_before_mb"]:,.0f} MB')
+    row('  RSS when the run started (held between runs)', lambda r: f'{r["rss_before_mb"]:,.0f} MB')
+    row('  RSS when the run ended', lambda r: f'{r["rss_after_mb"]:,.0f} MB')
+    row(
+        'Ledgers in memory, bytes per (bucket, series) cell (tracemalloc)',
+        lambda r: f'{r["ledger_bytes_per_cell"]:,.0f} B ({_mb(r["ledger_bytes"])})',
+    )
+    row('  kept by saving for the next save, per cell', lambda r: f'{r["ledger_save_cache_bytes_per_cell"]:,.0f} B')
     row('API requests: usage and costs pages', lambda r: f'{r["usage_costs_requests"]}')
     row('API requests: project and key listings (names)', lambda r: f'{r["listing_requests"]:,}')
     row('Bytes received', lambda r: _mb(r['bytes']))
@@ -818,7 +929,8 @@ def markdown(report: dict) -> str:
     row('Points submitted (counts + gauges)', lambda r: f'{r["points"]:,}')
     row('Saved state (all endpoints)', lambda r: _mb(r['state_bytes']))
     row('  (bucket, series) cells in the state', lambda r: f'{r["state_cells"]:,}')
-    row('Save state (Ledger.dumps)', lambda r: _ms(r['state_save_s']))
+    row('Save state (Ledger.dumps, after a load)', lambda r: _ms(r['state_save_s']))
+    row('  saved again, unchanged', lambda r: _ms(r['state_resave_s']))
     row('Load state (Ledger.loads)', lambda r: _ms(r['state_load_s']))
     row('Simulator CPU (other process, not counted above)', lambda r: _s(r['simulator_cpu_s']))
     add('')
@@ -882,15 +994,17 @@ def markdown(report: dict) -> str:
     add('')
     add(
         '| Completions series per bucket | Rows per run | Bytes | Points | CPU per run | Floor | Ratio '
-        '| CPU per series | Marginal CPU per added series | Peak RSS | State |'
+        '| CPU per series | Marginal CPU per added series | Peak RSS | RSS between runs | Ledger per cell '
+        '| Usage and costs requests | State |'
     )
-    add('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
+    add('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
     for s in report['scaling']:
         marginal = f'{s["marginal_us_per_series"]:,.0f} us' if 'marginal_us_per_series' in s else '-'
         add(
             f'| {s["series"]:,} | {s["rows"]:,} | {_mb(s["bytes"])} | {s["points"]:,} | {_s(s["cpu_s"])} | '
             f'{_s(s["floor_cpu_s"])} | {s["ratio"]:.2f} | {s["cpu_per_series_us"]:,.0f} us | {marginal} | '
-            f'{s["peak_rss_mb"]:,.0f} MB | {_mb(s["state_bytes"])} |'
+            f'{s["peak_rss_mb"]:,.0f} MB | {s["rss_before_mb"]:,.0f} MB | {s["ledger_bytes_per_cell"]:,.0f} B | '
+            f'{s["requests"]} | {_mb(s["state_bytes"])} |'
         )
     add('')
     add(f'Benchmark duration: {report["duration_s"]:.0f} s.')
@@ -931,6 +1045,11 @@ def main(argv=None) -> dict:
 
 
 def _main(args) -> dict:
+    with null_aggregator():
+        return _report(args)
+
+
+def _report(args) -> dict:
     name = 'tiny' if args.tiny else 'quick' if args.quick else 'full'
     p = dict(PROFILES[name])
     if args.runs:

@@ -103,8 +103,8 @@ def test_a_costs_state_saved_before_quantities_keeps_its_amounts(
     [key] = [k for k in state if k.endswith('ledger_costs')]
     ledger = Ledger.loads(state[key])
     assert ledger.shape.endswith('|amount,quantity')
-    ledger.shape = ledger.shape.replace('|amount,quantity', '|amount')
-    ledger.buckets = {s: {k: v[:1] for k, v in cells.items()} for s, cells in ledger.buckets.items()}
+    legacy = {s: {k: v[:1] for k, v in cells.items()} for s, cells in ledger.buckets.items()}
+    ledger = Ledger(ledger.shape.replace('|amount,quantity', '|amount'), ledger.horizon, ledger.read_at, legacy)
     state[key] = ledger.dumps()[0]
     submitted_before = len(aggregator.metrics('openai.api.costs.quantity'))
     upgraded = make_check(**options)

@@ -477,3 +477,38 @@ def test_raising_the_revision_window_over_a_saved_state_submits_no_bucket_twice(
         for f, v in fields.items():
             expected[key][f] -= v
     assert_same_totals(submitted_totals('completions', group_by), expected, 'completions')
+
+
+def test_pages_split_for_a_large_organization_still_sum_to_openai_figures(
+    org, clock, sim, make_check, dd_run_check, monkeypatch
+):
+    # A bucket of more rows than a page may hold (MAX_PAGE_ROWS, lowered here to the test organization's size)
+    # makes the check read its window in spans of buckets (end_time, a smaller limit) instead of one page; every
+    # bucket is still read once per run, through a restart and a catch-up after an outage.
+    from datadog_checks.openai.sources import usage
+
+    monkeypatch.setattr(usage, 'MAX_PAGE_ROWS', 3 * max(org.traffic['completions'].n, org.traffic['embeddings'].n))
+    # Headroom off: its per-minute reads of the same endpoints are not the window's spans.
+    options = dict(usage_endpoints=['completions', 'embeddings'], collect_costs=False, collect_headroom=False)
+    check = make_check(**options)
+    for i in range(12 * 4):
+        dd_run_check(check)
+        clock.advance(300)
+        if i == 20:
+            check = make_check(**options)  # a restart: the rows per bucket come from the saved state
+    clock.advance(2 * H)  # an outage: the catch-up window is split too
+    sim.clear_log()
+    dd_run_check(check)
+    requests = sim.requests_to('completions')
+    assert len(requests) > 1 and all(r.status == 200 for r in requests)
+    spans = [(int(r.param('start_time')), r.param('end_time'), int(r.param('limit'))) for r in requests]
+    # Consecutive spans that cover the window once, the last one open-ended (the bucket in progress).
+    for (start, end, limit), (following, _, _) in zip(spans, spans[1:]):
+        assert end is not None and int(end) == start + limit * H == following
+    assert spans[-1][1] is None and spans[-1][0] <= floor_to(clock.now(), H)
+    assert all(limit < 168 for _, _, limit in spans)
+    assert not sim.validation_errors
+    for _ in range(6):
+        clock.advance(300)
+        dd_run_check(check)
+    assert_exact(org, clock.now(), endpoints=('completions', 'embeddings'))

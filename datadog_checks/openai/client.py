@@ -33,9 +33,11 @@ BACKOFF_MAX = 30.0
 # The most the check reads of one response, decompressed (and of the bytes on the wire). A page holds
 # `limit` buckets (the check asks for the most OpenAI allows: 168 hourly, 1,440 minute, 31 daily, 180 cost
 # buckets) of one row per group-by combination, which OpenAI does not bound; a row is about 600 bytes
-# (the benchmark's 100,000-series page: 410.6 MB for 7 buckets). 256 MiB is then a steady page (7 hourly
-# buckets) of some 60,000 series per bucket, three times the benchmark's large organization, and its
-# decoded rows take about 2 GB: beyond that the page would threaten the Agent rather than feed it.
+# (the benchmark's 100,000-series page: 410.6 MB for 7 buckets). Once it knows the rows per bucket, a usage
+# source asks for fewer buckets per page (sources/usage.py, MAX_PAGE_ROWS), so a steady page stays near
+# 30 MB; the limit is for a first page of unknown size: a catch-up or a baseline of some 60,000 series
+# per bucket over 7 buckets, whose decoded rows take about 2 GB, beyond which a page would threaten the
+# Agent rather than feed it.
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 # An error answer is read for its message only.
 MAX_ERROR_BODY_BYTES = 64 * 1024
@@ -87,6 +89,10 @@ class UnusableResponse(BadResponse):
     """A response that would be the same if asked again: too large, echoing the key, a redirect."""
 
     retryable = False
+
+
+class TooLarge(UnusableResponse):
+    """A response above max_response_bytes: the same page would be refused again, a smaller one may not."""
 
 
 class DeadlineExceeded(TransientError):
@@ -375,10 +381,14 @@ class OpenAIClient:
                 raise BadResponse(
                     f'OpenAI sent a page without data/has_more for {path}; the response was not a usage page.', 200
                 )
-            yield data
-            next_page = body.get('next_page')
+            more, next_page, empty = body.get('has_more'), body.get('next_page'), not data
+            # Nothing of this page is kept once the caller is done with it: the next page is never decoded
+            # while this one is still in memory.
+            del body
+            yield Page(data)
+            del data
             # Defensive stops: the costs endpoint has been seen to return a cursor after its last page.
-            if not body.get('has_more') or not next_page or not data or next_page in seen:
+            if not more or not next_page or empty or next_page in seen:
                 return
             seen.add(next_page)
             page = next_page
@@ -397,6 +407,18 @@ class OpenAIClient:
             if not body.get('has_more') or not last or last == after:
                 return
             after = last
+
+
+class Page(list):
+    """The buckets of one page. A caller that reads them through drain() lets go of each bucket as it takes the
+    next: the rows of a bucket it compared are freed while it reads the others."""
+
+    def drain(self) -> Iterator[Any]:
+        for i in range(len(self)):
+            bucket = self[i]
+            self[i] = None
+            yield bucket
+            del bucket
 
 
 class BodyReader:
@@ -488,7 +510,7 @@ class BodyReader:
             ) from None
 
     def _too_large(self) -> ApiError:
-        return UnusableResponse(
+        return TooLarge(
             f'The response to {self.path} is larger than the {self.limit / 2**20:.0f} MiB the check reads from one '
             f'response; it was not used. A page that large holds too many series per bucket: narrow group_by '
             f'for {self.endpoint}, or, after an outage, lower max_catch_up_hours (fewer buckets per page).',

@@ -19,17 +19,19 @@ points are lost rather than ever submitted twice.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import zlib
+from array import array
+from collections.abc import Mapping
 from functools import partial
-from itertools import chain
-from operator import is_not
-from typing import Iterable
+from itertools import chain, compress, repeat
+from operator import is_not, ne
+from typing import Iterable, Iterator
 
 from datadog_checks.base.utils.format import json
 
 # 3: the series table holds each key as a list of its dimension values. 2 joined them with a separator
 # (\x1f), which a value could contain; a state of format 2 is still read. Other formats are not read, and
-# the check records a new baseline.
+# the check records a new baseline. The compact ledger in memory (0.2.0) writes format 3 unchanged.
 FORMAT_VERSION = 3
 LEGACY_SEPARATOR = '\x1f'
 # The largest figure a cell may hold: beyond 2**53 a float no longer holds every integer, and no bucket
@@ -48,95 +50,410 @@ Key = tuple[str, ...]
 Values = tuple
 Cells = dict[int, dict[Key, Values]]
 
+# In memory a bucket is one flat array of numbers, `stride` slots per series of the ledger's table (the
+# series' index in the table gives its place in every bucket): 8 bytes per figure instead of a dict entry, a
+# tuple and an int object per cell (some 430 bytes). Figures are never negative (a source refuses them), so
+# two negative numbers mark what a tuple of values says with None or by its absence.
+ABSENT = -2  # the first slot of a series the bucket does not hold (every slot of it, in fact)
+UNREPORTED = -1  # a field OpenAI did not report (None in Values)
+# The narrowest array that holds a bucket's figures: 32-bit integers (4 bytes a figure; token and request counts
+# of one series in one bucket stay far below 2**31), 64-bit integers beyond, floats from the first non-integer
+# figure (costs). Integers come back as ints, and the saved state keeps them as such. A bucket only widens.
+_SMALL, _INTS, _FLOATS = 'i', 'q', 'd'
+_WIDTH = {_SMALL: 0, _INTS: 1, _FLOATS: 2}
 
-@dataclass
+
+def _flat(values: Values) -> Values:
+    """The slots of one row: its values, UNREPORTED for a None."""
+    if None in values:
+        return tuple([UNREPORTED if v is None else v for v in values])
+    return values
+
+
+def _column(numbers) -> array:
+    for typecode in (_SMALL, _INTS):
+        try:
+            return array(typecode, numbers)
+        except OverflowError:  # an integer too large for it
+            continue
+        except TypeError:  # a float among them
+            break
+    return array(_FLOATS, numbers)
+
+
 class Change:
-    """What one run read that differs from the ledger, and where the ledger stands after it."""
+    """What one run read that differs from the ledger, and where the ledger stands after it.
 
-    horizon: int
-    read_at: float
-    cells: Cells = field(default_factory=dict)
+    Kept as compactly as the ledger: per bucket, the table indices of the series that changed and their new
+    figures, flat. Series the ledger does not know yet are numbered after its table (`new_keys`), so a
+    change belongs to the ledger it was read against."""
+
+    def __init__(self, horizon: int, read_at: float, base: 'Ledger | None' = None):
+        self.horizon = horizon
+        self.read_at = read_at
+        self.first_new = len(base.keys) if base is not None else 0
+        # Keys of series new to the ledger, by index (from first_new on), and the reverse.
+        self.new_keys: list[Key] = []
+        self.new_index: dict[Key, int] = {}
+        # bucket start -> (series indices, their slots: `width` numbers each, UNREPORTED for None).
+        self.cells: dict[int, tuple[array, array]] = {}
+        # The saved form of each bucket once the change is applied, when dumps() made it (see Ledger._fragments).
+        self.fragments: dict[int, bytes] | None = None
+
+    def index_of_new(self, key: Key) -> int:
+        g = self.new_index.get(key)
+        if g is None:
+            g = self.new_index[key] = self.first_new + len(self.new_keys)
+            self.new_keys.append(key)
+        return g
+
+    def add(self, start: int, indices: list[int], slots: list) -> None:
+        """The changed series of one bucket (each bucket once per run)."""
+        if indices:
+            self.cells[start] = (array(_SMALL, indices), _column(slots))
+
+    def bucket(self, start: int, width: int, key_of) -> dict[Key, Values]:
+        """The cells changed in one bucket, as a dict (for hooks and tests; a run never needs it)."""
+        if start not in self.cells:
+            return {}
+        indices, slots = self.cells[start]
+        rows = _rows(slots.tolist(), width, UNREPORTED in slots)
+        return {key_of(g): row for g, row in zip(indices, rows)}
 
 
-@dataclass
+class LazyCells(Mapping):
+    """A mapping built on first use: what a hook may read of a bucket, at no cost when it reads nothing."""
+
+    def __init__(self, build):
+        self._build = build
+        self._cells = None
+
+    def _get(self) -> dict:
+        if self._cells is None:
+            self._cells = self._build()
+        return self._cells
+
+    def __getitem__(self, key):
+        return self._get()[key]
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+def _rows(numbers: list, width: int, unreported: bool) -> list[Values]:
+    """Flat slots -> one tuple per series (None for UNREPORTED): C-level calls, no Python call per cell."""
+    if unreported:
+        numbers = [None if v == UNREPORTED else v for v in numbers]
+    if width == 0:
+        return [()] * len(numbers)
+    if width == 1:
+        return list(zip(numbers))
+    return list(zip(*[iter(numbers)] * width))
+
+
+class BucketView(Mapping):
+    """One bucket of the ledger as a read-only mapping of series key -> Values (materialized on demand)."""
+
+    def __init__(self, ledger: 'Ledger', start: int):
+        self._ledger = ledger
+        self._start = start
+
+    def _slots(self) -> array:
+        return self._ledger._columns[self._start]
+
+    def __getitem__(self, key: Key) -> Values:
+        ledger = self._ledger
+        g = ledger.index.get(key)
+        row = None if g is None else ledger.row(self._start, g)
+        if row is None:
+            raise KeyError(key)
+        return row
+
+    def __iter__(self) -> Iterator[Key]:
+        ledger = self._ledger
+        keys = ledger.keys
+        return (keys[g] for g in ledger.present(self._start))
+
+    def __len__(self) -> int:
+        ledger = self._ledger
+        slots = self._slots()
+        return len(slots) // ledger.stride - slots[:: ledger.stride].count(ABSENT)
+
+    def __repr__(self) -> str:
+        return f'BucketView({dict(self.items())!r})'
+
+
+class BucketsView(Mapping):
+    """The ledger's buckets as a read-only mapping of start -> BucketView, oldest first."""
+
+    def __init__(self, ledger: 'Ledger'):
+        self._ledger = ledger
+
+    def __getitem__(self, start: int) -> BucketView:
+        if start not in self._ledger._columns:
+            raise KeyError(start)
+        return BucketView(self._ledger, start)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted(self._ledger._columns))
+
+    def __len__(self) -> int:
+        return len(self._ledger._columns)
+
+
 class Ledger:
-    # What the series keys and value slots mean: bucket width, group_by, field names. A ledger of
-    # another shape cannot be compared with today's rows (its series keys mean something else).
-    shape: str
-    # Start of the oldest bucket still compared; everything earlier is final for the check.
-    horizon: int
-    # Clock time of the last run that read the endpoint to its newest bucket.
-    read_at: float
-    buckets: Cells = field(default_factory=dict)
-    # One key object per series for every bucket, made of one string per distinct value: the rows of each page
-    # bring their own copies, which would otherwise be kept once per bucket.
-    _keys: dict[Key, Key] = field(default_factory=dict, repr=False, compare=False)
-    _values: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    """What was submitted per (bucket, series) of one endpoint, from `horizon` on.
 
-    def __post_init__(self):
-        self._reindex()
+    A table of series keys (`keys`, and `index` from key to place) shared by every bucket, and per bucket one
+    array of `stride` slots per series of the table: see ABSENT and UNREPORTED."""
 
-    def _reindex(self) -> None:
-        """The shared keys and values of the buckets held: forgets those of pruned buckets."""
-        self._keys, self._values = {}, {}
-        intern = self._intern
-        for start, cells in self.buckets.items():
-            self.buckets[start] = {intern(key): values for key, values in cells.items()}
+    def __init__(self, shape: str, horizon: int, read_at: float, buckets: Mapping | None = None):
+        # What the series keys and value slots mean: bucket width, group_by, field names. A ledger of
+        # another shape cannot be compared with today's rows (its series keys mean something else).
+        self.shape = shape
+        # Start of the oldest bucket still compared; everything earlier is final for the check.
+        self.horizon = horizon
+        # Clock time of the last run that read the endpoint to its newest bucket.
+        self.read_at = read_at
+        _, width = _dims_and_width(shape)
+        if width is None:  # a shape that does not parse: as wide as its widest row
+            width = max((len(v) for cells in (buckets or {}).values() for v in cells.values()), default=0)
+        self.width = width
+        # A series of no field still takes a slot: it tells whether the bucket holds the series.
+        self.stride = width or 1
+        self.keys: list[Key] = []
+        self.index: dict[Key, int] = {}
+        self._columns: dict[int, array] = {}
+        # One string object per distinct dimension value: each row of a page brings its own copy.
+        self._values: dict[str, str] = {}
+        # Per bucket, its part of the saved state (compressed): a run changes few buckets (mostly the one in
+        # progress), and turning a bucket's numbers back into JSON is most of the cost of saving it. Dropped when
+        # the bucket is written to or the table renumbered.
+        self._fragments: dict[int, bytes] = {}
+        for start, cells in (buckets or {}).items():
+            self._fill(start, [self._intern(key) for key in cells], [_flat(self._pad(v)) for v in cells.values()])
 
-    def _intern(self, key: Key) -> Key:
-        shared = self._keys.get(key)
-        if shared is None:
+    def _pad(self, values: Values) -> Values:
+        return values if len(values) == self.width else tuple(values) + (None,) * (self.width - len(values))
+
+    # -- the table of series ------------------------------------------------------------------------
+
+    def _intern(self, key: Key) -> int:
+        g = self.index.get(key)
+        if g is None:
             value = self._values.setdefault
-            shared = self._keys[key] = tuple([value(v, v) for v in key])
-        return shared
+            key = tuple([value(v, v) for v in key])
+            g = self.index[key] = len(self.keys)
+            self.keys.append(key)
+        return g
+
+    def _fill(self, start: int, indices: list[int], rows: Iterable[Values]) -> None:
+        """Write rows (slots, flat per row) into a bucket, growing or converting its array as needed."""
+        rows = list(rows)
+        if self.width == 0:
+            rows = [(0,)] * len(rows)
+        self._write(start, indices, _column(list(chain.from_iterable(rows))) if rows else array(_SMALL))
+
+    def _write(self, start: int, indices: Iterable[int], slots: array) -> None:
+        stride = self.stride
+        self._fragments.pop(start, None)
+        column = self._columns.get(start)
+        if column is None:
+            column = self._columns[start] = array(slots.typecode)
+        elif column.typecode != slots.typecode:
+            if _WIDTH[column.typecode] < _WIDTH[slots.typecode]:
+                column = self._columns[start] = array(slots.typecode, column)
+            else:
+                slots = array(column.typecode, slots)
+        indices = list(indices)
+        if not indices:
+            return
+        needed = (max(indices) + 1) * stride - len(column)
+        if needed > 0:
+            column.extend(array(column.typecode, [ABSENT]) * needed)
+        if indices == list(range(indices[0], indices[0] + len(indices))):
+            first = indices[0] * stride
+            column[first : first + len(slots)] = slots
+            return
+        for i, g in enumerate(indices):
+            at = g * stride
+            column[at : at + stride] = slots[i * stride : i * stride + stride]
+
+    def row(self, start: int, g: int) -> Values | None:
+        """What was submitted for series `g` in a bucket (None: nothing)."""
+        column = self._columns.get(start)
+        at = g * self.stride
+        if column is None or at >= len(column) or column[at] == ABSENT:
+            return None
+        if not self.width:
+            return ()
+        slots = column[at : at + self.width].tolist()
+        return tuple([None if v == UNREPORTED else v for v in slots])
+
+    def rows(self, start: int) -> list[Values]:
+        """Every row of a bucket by series index, for one pass of comparisons: a row the bucket does not hold
+        starts with ABSENT (and never equals a row read, whose figures are not negative)."""
+        column = self._columns.get(start)
+        if column is None:
+            return []
+        return _rows(column.tolist(), self.stride, UNREPORTED in column)
+
+    def column(self, start: int) -> array | None:
+        return self._columns.get(start)
+
+    def present(self, start: int) -> list[int]:
+        """Indices of the series a bucket holds."""
+        column = self._columns.get(start)
+        if column is None:
+            return []
+        firsts = column[:: self.stride]
+        return list(compress(range(len(firsts)), map(ne, firsts, repeat(ABSENT))))
+
+    @property
+    def buckets(self) -> BucketsView:
+        return BucketsView(self)
+
+    def cells(self) -> int:
+        return sum(map(len, self.buckets.values()))
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Ledger):
+            return NotImplemented
+        return (self.shape, self.horizon, self.read_at, self._materialized()) == (
+            other.shape,
+            other.horizon,
+            other.read_at,
+            other._materialized(),
+        )
+
+    def _materialized(self) -> dict[int, dict[Key, Values]]:
+        return {start: dict(bucket.items()) for start, bucket in self.buckets.items()}
+
+    def __repr__(self) -> str:
+        return f'Ledger({self.shape!r}, {self.horizon!r}, {self.read_at!r}, {self._materialized()!r})'
+
+    # -- a run's change -----------------------------------------------------------------------------
+
+    def key_of(self, change: Change | None) -> callable:
+        keys = self.keys
+        if change is None or not change.new_keys:
+            return keys.__getitem__
+        first, new = change.first_new, change.new_keys
+        return lambda g: keys[g] if g < first else new[g - first]
 
     def merged(self, change: Change) -> Cells:
-        """The buckets as they are once `change` is applied, without applying it."""
-        out = {}
-        for start in sorted(set(self.buckets) | set(change.cells)):
-            if start < change.horizon:
-                continue
-            old, new = self.buckets.get(start), change.cells.get(start)
-            out[start] = {**old, **new} if old and new else dict(old or new)
-        return out
+        """The buckets as they are once `change` is applied, without applying it (as dicts: for tests)."""
+        copy = self._copy(self._columns)
+        copy.apply(change, prune=False)
+        return {s: dict(b.items()) for s, b in copy.buckets.items() if s >= change.horizon}
 
-    def apply(self, change: Change) -> None:
+    def _copy(self, copied) -> 'Ledger':
+        """A ledger to apply a change to without touching this one: the buckets in `copied` are copies."""
+        copy = Ledger(self.shape, self.horizon, self.read_at)
+        copy.width, copy.stride = self.width, self.stride
+        copy.keys, copy.index = list(self.keys), dict(self.index)
+        copy._columns = {s: array(c.typecode, c) if s in copied else c for s, c in self._columns.items()}
+        return copy
+
+    def apply(self, change: Change, prune: bool = True) -> None:
         """Take `change` in: call it only once the ledger with the change was saved."""
-        intern = self._intern
-        for start, cells in change.cells.items():
-            bucket = self.buckets.setdefault(start, {})
-            for key, values in cells.items():
-                bucket[intern(key)] = values
+        if change.new_keys:
+            if change.first_new != len(self.keys):
+                raise ValueError('a change applied to another ledger than the one it was read against')
+            for key in change.new_keys:
+                self._intern(key)
+        for start, (indices, slots) in change.cells.items():
+            self._write(start, indices, slots)
         self.horizon = max(self.horizon, change.horizon)
-        pruned = [s for s in self.buckets if s < self.horizon]
-        for start in pruned:
-            del self.buckets[start]
-        if pruned:
-            self._reindex()
         self.read_at = change.read_at
+        if prune:
+            pruned = [s for s in self._columns if s < self.horizon]
+            for start in pruned:
+                del self._columns[start]
+                self._fragments.pop(start, None)
+            if pruned:
+                self._reindex()
+            if change.fragments is not None:
+                # dumps(change) made them from this very ledger with this change applied: they hold as they are.
+                self._fragments = change.fragments
+                change.fragments = None
+
+    def _reindex(self) -> None:
+        """Forget the series no bucket holds any more (they left the window with the pruned buckets)."""
+        stride = self.stride
+        live = bytearray(len(self.keys))
+        for start in self._columns:
+            for g in self.present(start):
+                live[g] = 1
+        if all(live):
+            return
+        self._fragments = {}
+        keep = [g for g, alive in enumerate(live) if alive]
+        moved = {g: new for new, g in enumerate(keep)}
+        old_keys = self.keys
+        self.keys, self.index, self._values = [], {}, {}
+        for g in keep:
+            self._intern(old_keys[g])
+        for start, column in list(self._columns.items()):
+            present = self.present(start)
+            fresh = array(column.typecode)
+            self._columns[start] = fresh
+            if present:
+                slots = array(column.typecode)
+                for g in present:
+                    slots.extend(column[g * stride : g * stride + stride])
+                self._write(start, [moved[g] for g in present], slots)
+
+    # -- the saved state ----------------------------------------------------------------------------
 
     def dumps(self, change: Change | None = None) -> tuple[str, int]:
         """The ledger with `change` applied, serialized, and its number of distinct series.
 
         Series keys repeat in every bucket: a table of them keeps the saved state small. Each bucket is
-        then two columns, the table indices of its series and their values, which take one comprehension
-        and one list() per bucket rather than a new list per cell: the state of a large organization is
-        saved every run."""
-        buckets = self.merged(change) if change is not None else self.buckets
-        table: dict[Key, int] = {}
-        index_of = table.setdefault
-        columns = {}
-        for start, series in buckets.items():
-            columns[str(start)] = [[index_of(key, len(table)) for key in series], list(series.values())]
-        document = {
-            'v': FORMAT_VERSION,
-            'shape': self.shape,
-            'horizon': max(self.horizon, change.horizon) if change else self.horizon,
-            'read_at': change.read_at if change else self.read_at,
-            'series': list(table),
-            'buckets': columns,
-        }
-        return json.encode(document), len(table)
+        then two columns, the table indices of its series and their values (format 3), built with C-level
+        calls per bucket rather than a Python call per cell: the state of a large organization is saved
+        every run."""
+        if change is not None:
+            # Only the buckets the change writes to are copied (a memcpy each); the others are shared, read only.
+            ledger = self._copy(change.cells)
+            ledger._fragments = dict(self._fragments)
+            ledger.apply(change)
+        else:
+            ledger = self
+        # Every key of the table is held by a bucket (apply() forgets the others), in the table's order: a
+        # bucket's indices are then the table's own, and its saved part stays valid until it changes.
+        parts = []
+        fragments = ledger._fragments
+        for start in sorted(ledger._columns):
+            fragment = fragments.get(start)
+            if fragment is None:
+                fragment = fragments[start] = zlib.compress(ledger._bucket_json(start).encode('ascii'), 1)
+            parts.append(f'"{start}":{zlib.decompress(fragment).decode("ascii")}')
+        header = json.encode(
+            {
+                'v': FORMAT_VERSION,
+                'shape': self.shape,
+                'horizon': ledger.horizon if change else self.horizon,
+                'read_at': change.read_at if change else self.read_at,
+                'series': ledger.keys,
+            }
+        )
+        if ledger is not self:
+            change.fragments = fragments
+        return header[:-1] + ',"buckets":{' + ','.join(parts) + '}}', len(ledger.keys)
+
+    def _bucket_json(self, start: int) -> str:
+        """A bucket as format 3 saves it: its series' table indices, then their values."""
+        present = self.present(start)
+        rows = self.rows(start)
+        if len(present) < len(rows):
+            rows = list(map(rows.__getitem__, present))
+        if not self.width:
+            rows = [()] * len(present)
+        return json.encode([present, rows])
 
     @classmethod
     def loads(cls, text: str) -> 'Ledger':
@@ -158,12 +475,22 @@ class Ledger:
         raw_buckets = data.get('buckets')
         if not isinstance(raw_buckets, dict):
             raise ValueError('no buckets')
-        buckets = {}
+        checked = []
         for start, columns in raw_buckets.items():
-            cells = _bucket(start, columns, keys, width)
+            indices, rows = _bucket(start, columns, keys, width)
             if int(start) >= horizon:  # older buckets left the window before the state was saved
-                buckets[int(start)] = cells
-        return cls(shape, horizon, float(read_at), buckets)
+                checked.append((int(start), indices, rows))
+        ledger = cls(shape, horizon, float(read_at))
+        if width is None:
+            ledger.width = max((len(r) for _, _, rows in checked for r in rows), default=0)
+            ledger.stride = ledger.width or 1
+        # The file's table becomes the ledger's; series no bucket kept are dropped by _reindex.
+        for key in keys:
+            ledger._intern(key)
+        for start, indices, rows in checked:
+            ledger._fill(start, indices, [_flat(ledger._pad(tuple(r))) for r in rows])
+        ledger._reindex()
+        return ledger
 
 
 def _dims_and_width(shape: str) -> tuple[int | None, int | None]:
@@ -192,7 +519,7 @@ def _series_keys(series, version: int, dims: int | None) -> list[Key]:
     return keys
 
 
-def _bucket(start, columns, keys: list[Key], width: int | None) -> dict[Key, Values]:
+def _bucket(start, columns, keys: list[Key], width: int | None) -> tuple[list[int], list]:
     if not start.isdigit() or not isinstance(columns, list) or len(columns) != 2:
         raise ValueError('bad bucket')
     indices, values = columns
@@ -209,7 +536,7 @@ def _bucket(start, columns, keys: list[Key], width: int | None) -> dict[Key, Val
         raise ValueError(f'bucket {start[:20]}: bad series index')
     if not _valid_rows(values, width):
         raise ValueError(f'bucket {start[:20]}: bad value row')
-    return dict(zip(map(keys.__getitem__, indices), map(tuple, values)))
+    return indices, values
 
 
 def _valid_rows(rows: list, width: int | None) -> bool:

@@ -88,9 +88,11 @@ class CostsSource(UsageSource):
         self.bill.complete = outcome.complete
         outcome.facts['bill'] = self.bill
         name, dims, units = self.quantity_name, self.quantity_dims, self.units
-        for i, (metric, value, _, key) in enumerate(outcome.counts):
-            if metric == name:
-                outcome.counts[i] = (metric, value, dims, key + (units.get(key, ''),))
+        # A list of its own (the run's compact points are read-only): the quantity's points carry one more tag.
+        outcome.counts = [
+            (metric, value, dims, key + (units.get(key, ''),)) if metric == name else (metric, value, point_dims, key)
+            for metric, value, point_dims, key in outcome.counts
+        ]
         if outcome.complete:
             # Only a complete read covers the whole month.
             for currency, total in self.totals.items():
@@ -183,10 +185,11 @@ class CostsSource(UsageSource):
             # A state saved before quantity was collected: the amounts submitted stand (nothing lost, nothing
             # counted twice), and the quantity of each bucket still in the window, never submitted, is submitted
             # once, as any field first reported late.
-            for cells in ledger.buckets.values():
-                for key, values in cells.items():
-                    cells[key] = values + (None,)
-            ledger.shape = self.shape
+            widened = {
+                start: {key: values + (None,) for key, values in cells.items()}
+                for start, cells in ledger.buckets.items()
+            }
+            ledger = Ledger(self.shape, ledger.horizon, ledger.read_at, widened)
             self.log.info(
                 '%s: the saved state predates the billed quantities; kept its amounts, the quantities of the '
                 'last %s days are submitted once now.',

@@ -9,14 +9,25 @@ from __future__ import annotations
 
 import calendar
 import time
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 from ..catalogue import BUCKET_SECONDS, Endpoint
-from ..client import ApiError, BadResponse, RequestRefused
-from ..ledger import Change, Key, Ledger, Values, shape_of
-from .base import Outcome, Point, Run, Source, StateStore
+from ..client import ApiError, BadResponse, RequestRefused, TooLarge
+from ..ledger import ABSENT, UNREPORTED, BucketView, Change, Key, LazyCells, Ledger, Values, shape_of
+from ..memory import release_freed_memory
+from .base import Outcome, Run, Source, StateStore
 from .rows import aggregate, key_reader, valid_values, values_reader
+
+# The most result rows the check asks for in one page, when it knows how many a bucket holds. A decoded row takes
+# about 1 KB in memory (and 600 bytes of JSON before that), so a page of this many rows costs the Agent some
+# 80 MB at its peak. See UsageSource.queries and the README's Benchmark section.
+MAX_PAGE_ROWS = 50_000
+# A read of this many rows or more gives the memory its pages took back to the system (see memory.py).
+RELEASE_AFTER_ROWS = 10_000
 
 
 def floor_to(t: float, seconds: int) -> int:
@@ -56,6 +67,37 @@ class Window:
     lost: tuple[int, int] | None = None
 
 
+class Points(Sequence):
+    """The counts of one run, as compact as the ledger: a metric's number, a value and the series key (the
+    ledger's own object) per point, instead of a tuple and a number object each (some 100 bytes, and as many
+    objects for the garbage collector to walk: a large organization's run has hundreds of thousands). It reads
+    as the list of (metric, value, dims, key) tuples it stands for."""
+
+    def __init__(self, names: tuple[str, ...], dims: tuple[str, ...]):
+        self.names = names
+        self.dims = dims
+        self.metric = bytearray() if len(names) < 256 else array('H')
+        self.values = array('d')
+        self.keys: list[Key] = []
+
+    def add(self, metric: int, value: float, key: Key) -> None:
+        self.metric.append(metric)
+        self.values.append(value)
+        self.keys.append(key)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return (self.names[self.metric[i]], self.values[i], self.dims, self.keys[i])
+
+    def __iter__(self):
+        names, dims = self.names, self.dims
+        return zip(map(names.__getitem__, self.metric), self.values, repeat(dims), self.keys)
+
+
 @dataclass
 class Reading:
     """What one run accumulates while it reads the pages of its window."""
@@ -63,13 +105,15 @@ class Reading:
     window: Window
     base: Ledger
     change: Change
-    counts: list[Point] = field(default_factory=list)
+    counts: Points | None = None
     # Level fields (vector store bytes): the newest bucket's values, by series.
     levels: dict[Key, tuple[int, Values]] = field(default_factory=dict)
     rows: int = 0
     malformed: int = 0
     # Which bucket each run of counts came from (Outcome.spans).
     spans: list[tuple[int, int, int]] = field(default_factory=list)
+    # The most rows one bucket held: how the next run sizes its pages (UsageSource.queries).
+    widest: int = 0
 
 
 class UsageSource(Source):
@@ -100,6 +144,9 @@ class UsageSource(Source):
         self.level_names = tuple(endpoint.metric_name(f) for f in endpoint.levels)
         self.read_flows = values_reader(endpoint.flows)
         self.read_levels = values_reader(endpoint.levels)
+        # Rows in the largest bucket of the last run (None: no run yet), and the most rows a page may hold.
+        self.rows_per_bucket: int | None = None
+        self.max_page_rows = MAX_PAGE_ROWS
         # The ledger as last saved; None until loaded, or when there is none.
         self.ledger: Ledger | None = None
         self._loaded = False
@@ -141,15 +188,29 @@ class UsageSource(Source):
         window = self.plan(ledger, run.now)
         base = ledger if ledger is not None else Ledger(self.shape, window.read_start, run.now)
         # The buckets an outage pushed out of reach are dropped: they can no longer be compared.
-        reading = Reading(window, base, Change(max(base.horizon, window.read_start), base.read_at))
+        reading = Reading(window, base, Change(max(base.horizon, window.read_start), base.read_at, base))
+        reading.counts = Points(self.flow_names, self.dims)
         outcome = Outcome(self.name)
         try:
-            for buckets in run.client.iter_buckets_pages(self.endpoint.path, self.params(window), self.name):
-                for bucket in buckets:
-                    self._read_bucket(reading, bucket, run.now)
+            for params in self.queries(window, run.now, ledger):
+                for page in run.client.iter_buckets_pages(self.endpoint.path, params, self.name):
+                    # A page the client lets go of bucket by bucket (client.Page): each bucket's rows are freed
+                    # once compared, before the next bucket's are read.
+                    drain = getattr(page, 'drain', None)
+                    for bucket in drain() if drain is not None else page:
+                        self._read_bucket(reading, bucket, run.now)
+                    del page
             outcome.complete = True
         except ApiError as e:
             outcome.error = e
+        if reading.widest:
+            self.rows_per_bucket = reading.widest
+        if isinstance(outcome.error, TooLarge) and (self.rows_per_bucket or 0) <= self.max_page_rows:
+            # A page too large to read, of a size nobody knew (a baseline, a catch-up): one bucket a page next.
+            self.rows_per_bucket = self.max_page_rows + 1
+            self.notes.append(f'{self.name}: the next run reads one bucket a page, to keep each response smaller.')
+        if reading.rows >= RELEASE_AFTER_ROWS:
+            release_freed_memory()
         return self._conclude(reading, outcome, run.now)
 
     def plan(self, ledger: Ledger | None, now: float) -> Window:
@@ -168,15 +229,44 @@ class UsageSource(Source):
     def window_start(self, now: float, seconds: int) -> int:
         return floor_to(now - self.windows.revision_hours * 3600, seconds)
 
-    def params(self, window: Window) -> list[tuple[str, Any]]:
-        # No end_time: the last bucket is then the one in progress, which is the freshest data.
-        params = [
-            ('start_time', window.read_start),
-            ('bucket_width', self.width),
-            ('limit', self.endpoint.max_limit[self.width]),
-        ]
+    def params(self, window: Window, end: int | None = None, limit: int | None = None) -> list[tuple[str, Any]]:
+        # No end_time by default: the last bucket is then the one in progress, which is the freshest data.
+        params = [('start_time', window.read_start if end is None or limit is None else end - limit * self.seconds)]
+        if end is not None:
+            params.append(('end_time', end))
+        params.append(('bucket_width', self.width))
+        params.append(('limit', limit or self.endpoint.max_limit[self.width]))
         params.extend(('group_by', dim) for dim in self.group_by)
         return params
+
+    @property
+    def seconds(self) -> int:
+        return BUCKET_SECONDS[self.width]
+
+    def queries(self, window: Window, now: float, ledger: Ledger | None) -> list[list[tuple[str, Any]]]:
+        """The queries that read the window: one (its pages of the API's largest limit), unless a page of the
+        window would hold more than MAX_PAGE_ROWS rows, by the rows per bucket seen last run (or in the saved
+        state after a restart). Then the window is read in consecutive spans of as many buckets as keep a page
+        under that bound (at least one), each ending where the next starts (end_time is exclusive), the last one
+        open-ended to include the bucket in progress. A baseline with no state knows no size: it reads whole
+        pages."""
+        seconds = self.seconds
+        largest = self.endpoint.max_limit[self.width]
+        per_bucket = self.rows_per_bucket
+        if per_bucket is None and ledger is not None:
+            per_bucket = max(map(len, ledger.buckets.values()), default=0)
+        buckets = max(1, -(-(floor_to(now, seconds) + seconds - window.read_start) // seconds))
+        if not per_bucket or per_bucket * min(buckets, largest) <= self.max_page_rows:
+            return [self.params(window)]
+        span = max(1, min(largest, self.max_page_rows // per_bucket))
+        queries = []
+        start = window.read_start
+        last = floor_to(now, seconds)
+        while start + span * seconds <= last:
+            queries.append(self.params(window, start + span * seconds, span))
+            start += span * seconds
+        queries.append(self.params(Window(start, window.horizon, window.baseline), None, span))
+        return queries
 
     def _read_bucket(self, reading: Reading, bucket: Any, now: float) -> None:
         if not isinstance(bucket, dict) or not isinstance(bucket.get('results'), list):
@@ -189,6 +279,7 @@ class UsageSource(Source):
             return
         results = bucket['results']
         reading.rows += len(results)
+        reading.widest = max(reading.widest, len(results))
         if self.flow_names:
             self._diff_bucket(reading, start, results, now)
         if self.level_names and results:
@@ -209,49 +300,87 @@ class UsageSource(Source):
             return
         current, malformed = aggregate(results, self.key_of, self.read_flows)
         reading.malformed += malformed
-        submitted = reading.base.buckets.get(start) or {}
-        first = len(reading.counts)
-        changed, rejected = self._diff(current, submitted, reading.window.baseline, reading.counts)
-        if len(reading.counts) > first:
+        base, change = reading.base, reading.change
+        first = len(reading.counts) if reading.counts is not None else 0
+        rejected = self._diff(start, current, reading)
+        if reading.counts is not None and len(reading.counts) > first:
             reading.spans.append((start, first, len(reading.counts)))
         reading.malformed += len(rejected)
-        if changed:
-            reading.change.cells[start] = changed
+        submitted = BucketView(base, start) if start in base.buckets else {}
+        changed = LazyCells(lambda: change.bucket(start, base.width, base.key_of(change)))
         self.bucket_read(start, current, submitted, changed, rejected, now)
 
-    def _diff(self, current: dict, submitted: dict, baseline: bool, counts: list) -> tuple[dict, list]:
-        """The cells that differ from what was submitted, and the keys of rows refused as malformed; the
-        increases go to `counts` (a baseline records them without submitting them)."""
-        names, dims = self.flow_names, self.dims
-        changed = {}
+    def _diff(self, start: int, current: dict, reading: Reading) -> list:
+        """Record in the run's change the cells that differ from what was submitted, and return the keys of rows
+        refused as malformed; the increases go to the run's counts (a baseline records them without submitting).
+
+        A point carries the ledger's own key object, not the row's, so that the page's strings are freed with
+        the page."""
+        base, change = reading.base, reading.change
+        index_of, keys, row = base.index.get, base.keys, base.row
+        column = base.column(start)
+        # Floats are compared as tuples: a figure beyond 2**53 could round to the one the ledger holds.
+        if column is None or column.typecode == 'd':
+            known, typecode = 0, None
+        else:
+            known, typecode = len(column), column.typecode
+        stride = base.stride
+        indices, slots = [], []
         rejected = []
         for key, values in current.items():
-            old = submitted.get(key)
-            if old == values:
-                continue  # most of the window has not changed since the previous run
+            g = index_of(key)
+            if g is None:
+                old = None
+            else:
+                at = g * stride
+                if at < known and column[at] != ABSENT:
+                    # Compared as numbers in the bucket's own array, without a Python object per figure. A row
+                    # equal to it only through a figure of -1 (UNREPORTED) is malformed: left to the check below.
+                    try:
+                        if column[at : at + stride] == array(typecode, values) and UNREPORTED not in values:
+                            continue  # most of the window has not changed since the previous run
+                    except (TypeError, OverflowError):  # a None (UNREPORTED in the ledger), a wider figure
+                        pass
+                old = row(start, g)
+                if old == values:
+                    continue
+                key = keys[g]
             # Only new and changed rows are checked: unchanged ones equal what the ledger holds, checked before.
             if not valid_values(values):
                 rejected.append(key)
                 continue
-            if old is None:
-                changed[key] = values
-                if not baseline:
-                    for name, v in zip(names, values):
-                        if v:
-                            counts.append((name, v, dims, key))
-                continue
-            now_submitted = list(old)
+            if g is None:
+                g = change.index_of_new(key)
+                key = change.new_keys[g - change.first_new]  # the first row's key, for every bucket of the run
+            indices.append(g)
+            slots.extend(self._submitted(values, old, key, reading))
+        change.add(start, indices, slots)
+        return rejected
+
+    @staticmethod
+    def _submitted(values: Values, old: Values | None, key: Key, reading: Reading) -> Values:
+        """What stands submitted for a new or changed row once its increases are counted, as ledger slots."""
+        add = None if reading.window.baseline else reading.counts.add
+        if old is None:
+            new = values
+            if add is not None:
+                for i, v in enumerate(values):
+                    if v:
+                        add(i, v, key)
+        else:
+            new = list(old)
             for i, v in enumerate(values):
                 if v is None:
                     continue  # not reported this time: what was submitted stands
                 before = old[i]
                 delta = v if before is None else v - before
                 if delta:
-                    now_submitted[i] = v
-                    if not baseline:
-                        counts.append((names[i], delta, dims, key))
-            changed[key] = tuple(now_submitted)
-        return changed, rejected
+                    new[i] = v
+                    if add is not None:
+                        add(i, delta, key)
+        if None in new:
+            return [UNREPORTED if v is None else v for v in new]
+        return new
 
     def bucket_read(self, start: int, current: dict, submitted: dict, changed: dict, rejected: list, now: float):
         """A hook for what a subclass derives from each bucket once it is compared (costs: the month's total)."""
