@@ -35,7 +35,7 @@ def test_metrics_match_the_catalogue_metadata_and_the_assets(
     # The audit log too (openai.check.logs.sent), on an Agent that ships logs.
     monkeypatch.setitem(datadog_agent._config, 'logs_enabled', True)
     sim.audit_log.add('login.succeeded', int(clock.now()) + 30 * H)
-    check = make_check(group_by={'costs': ['project_id', 'line_item']}, collect_audit_logs=True)
+    check = make_check(group_by={'costs': ['project_id', 'line_item']}, collect_audit_logs=True, estimate_spend=True)
     clock.advance(30 * H)  # history for the first run to baseline, then growth to submit
     warm(check, clock, dd_run_check, runs=6)
     sim.faults.add('completions', 429, retry_after=1)
@@ -386,7 +386,7 @@ def test_contexts_is_the_number_of_distinct_metric_contexts_a_run_sent_per_endpo
         UNPRICED_TOKENS,
     )
 
-    check = make_check(**({'group_by': group_by} if group_by else {}))
+    check = make_check(estimate_spend=True, **({'group_by': group_by} if group_by else {}))
     clock.advance(30 * H)
     warm(check, clock, dd_run_check, runs=3)
     aggregator.reset()

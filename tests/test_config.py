@@ -163,12 +163,15 @@ def test_prices_name_known_kinds_and_non_negative_numbers():
     assert '`prices.gpt-4o.output` must be a number of dollars per million, 0 or more.' in message
     assert '`prices.gpt-4o.batch_output` must be a number' in message
     assert '`prices.o3` must map kinds' in message
-    check = load(prices={'gpt-4o': {'input': 2.5, 'priority_output': 20}})
+    check = load(estimate_spend=True, prices={'gpt-4o': {'input': 2.5, 'priority_output': 20}})
     [estimates] = [s for s in check.sources if s.derived]
     assert estimates.configured == {('', 'gpt-4o', 'input'): 2.5e-6, ('priority', 'gpt-4o', 'output'): 20e-6}
 
 
 def test_the_estimate_needs_the_bill_or_prices():
-    assert not [s for s in load(collect_costs=False, usage_endpoints=['completions']).sources if s.derived]
+    options = dict(estimate_spend=True, collect_costs=False, usage_endpoints=['completions'])
+    assert not [s for s in load(**options).sources if s.derived]
     assert not [s for s in load(estimate_spend=False).sources if s.derived]
-    assert [s.name for s in load().sources if s.derived] == ['estimates']
+    assert [s.name for s in load(estimate_spend=True).sources if s.derived] == ['estimates']
+    # Opt-in: it more than doubles the points of a run (README, Estimated spend).
+    assert not [s for s in load().sources if s.derived]

@@ -14,6 +14,16 @@ H = 3600
 D = 86400
 
 
+@pytest.fixture
+def make_check(make_check):
+    """The estimate is opt-in (estimate_spend): these tests turn it on unless they say otherwise."""
+
+    def make(**overrides):
+        return make_check(**{'estimate_spend': True, **overrides})
+
+    return make
+
+
 def run_for(check, clock, dd_run_check, hours, step=H):
     for _ in range(int(hours * H // step)):
         dd_run_check(check)

@@ -214,6 +214,10 @@ class OpenAICheck(AgentCheck, ConfigMixin):
     def collect(self, source: Source, run: Run) -> Outcome | None:
         try:
             outcome = source.collect(run)
+            if outcome.error is not None:
+                # Its traceback holds the frames of the failed read, a refused body among their locals, for the
+                # rest of the run: the message is all the health report needs.
+                outcome.error.__traceback__ = None
             self.commit(source, outcome)
             return outcome
         except Exception as e:

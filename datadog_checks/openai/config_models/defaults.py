@@ -69,7 +69,7 @@ def instance_enable_legacy_tags_normalization():
 
 
 def instance_estimate_spend():
-    return True
+    return False
 
 
 def instance_kerberos_auth():
