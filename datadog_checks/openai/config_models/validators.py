@@ -181,11 +181,16 @@ def instance_prices(value, **kwargs):
     return value
 
 
-def instance_bucket_width(value, field, **kwargs):
+def _one_of(name: str, value, field):
+    """An option whose spec gives an enum: the message lists what it may be."""
     allowed = _literals(field.annotation)
     if value not in allowed:
-        raise ValueError(f'`bucket_width` must be one of {", ".join(allowed)}, not {value!r}.')
+        raise ValueError(f'`{name}` must be one of {", ".join(allowed)}, not {value!r}.')
     return value
+
+
+def instance_bucket_width(value, field, **kwargs):
+    return _one_of('bucket_width', value, field)
 
 
 def _at_least(name: str, value, field):
@@ -242,10 +247,7 @@ def instance_audit_logs_lookback_hours(value, field, **kwargs):
 
 
 def instance_audit_logs_without_state(value, field, **kwargs):
-    allowed = _literals(field.annotation)
-    if value not in allowed:
-        raise ValueError(f'`audit_logs_without_state` must be one of {", ".join(allowed)}, not {value!r}.')
-    return value
+    return _one_of('audit_logs_without_state', value, field)
 
 
 def _catch_up_message(revision_window_hours, value) -> str:
