@@ -731,3 +731,26 @@ def test_the_counts_of_a_run_read_as_the_tuples_they_stand_for():
     assert [counts[i] for i in range(3)] == expected and counts[1:] == expected[1:]
     # Each point carries the ledger's own key, not a copy from the page.
     assert all(any(key is k for k in ledger.keys) for *_, key in counts)
+
+
+# -- found by mutation testing (README, "Mutation testing") ---------------------------------------------------
+
+
+def test_a_save_that_moves_the_horizon_keeps_the_newer_buckets_and_the_new_horizon():
+    shape = shape_of('1h', ('model',), ('input_tokens',))
+    ledger = Ledger(shape, 0, 10.0, {0: {('a',): (1,)}, H: {('a',): (2,)}, 2 * H: {('a',): (3,), ('b',): (4,)}})
+    change = Change(H, 20.0, ledger)  # the window moved on by one bucket; nothing else changed
+    saved = Ledger.loads(ledger.dumps(change)[0])
+    assert saved.horizon == H and saved.read_at == 20.0
+    assert {s: dict(b.items()) for s, b in saved.buckets.items()} == {
+        H: {('a',): (2,)},
+        2 * H: {('a',): (3,), ('b',): (4,)},
+    }
+
+
+def test_a_ledger_of_no_dimension_reads_back():
+    # An endpoint grouped by nothing: its one series has the empty key.
+    shape = shape_of('1d', (), ('amount', 'quantity'))
+    ledger = Ledger(shape, 0, 1.0, {0: {(): (1.5, None)}, 86400: {(): (2.5, 7)}})
+    again = Ledger.loads(ledger.dumps()[0])
+    assert {s: dict(b.items()) for s, b in again.buckets.items()} == {0: {(): (1.5, None)}, 86400: {(): (2.5, 7)}}
