@@ -7,6 +7,7 @@ from datadog_checks.base import ConfigurationError
 
 from datadog_checks.openai import OpenAICheck
 from datadog_checks.openai.catalogue import ENDPOINTS_BY_NAME, USAGE_ENDPOINTS
+from tests.conftest import DEFAULT_GROUP_BY
 
 GOOD = {'account_name': 'prod', 'admin_api_key': 'sk-admin-abc', 'min_collection_interval': 300}
 
@@ -48,20 +49,9 @@ def test_defaults_collect_every_endpoint_with_the_catalogue_group_bys():
     assert not settings.resolve_user_emails
 
 
-# What the price of each endpoint's usage depends on: the default splits by these and by nothing else.
-PRICED_BY = {
-    'completions': ('project_id', 'model', 'batch', 'service_tier'),
-    'embeddings': ('project_id', 'model'),
-    'moderations': ('project_id', 'model'),
-    'images': ('project_id', 'model', 'size'),
-    'audio_speeches': ('project_id', 'model'),
-    'audio_transcriptions': ('project_id', 'model'),
-    'vector_stores': ('project_id',),
-    'code_interpreter_sessions': ('project_id',),
-    'file_search_calls': ('project_id',),
-    'web_search_calls': ('project_id', 'model'),
-    'costs': ('project_id', 'line_item'),
-}
+# What the price of each endpoint's usage depends on: the default splits by these and by nothing else (the
+# tests' own table, written out in conftest.py).
+PRICED_BY = DEFAULT_GROUP_BY
 
 
 def test_the_default_group_by_is_cheap_users_and_keys_are_opt_in():
