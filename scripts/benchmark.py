@@ -452,8 +452,12 @@ class Bench:
             'baseline': any(r.baseline for r in self.results),
         }
         record.update(self.state(timed=with_floor))
-        ledgers = [s.ledger for s in self.check.sources if getattr(s, 'ledger', None) is not None and not s.derived]
-        record['state_cells'] = sum(len(b) for ledger in ledgers for b in ledger.buckets.values())
+        record['state_cells_by_endpoint'] = {
+            s.name: sum(len(b) for b in s.ledger.buckets.values())
+            for s in self.check.sources
+            if getattr(s, 'ledger', None) is not None and not s.derived
+        }
+        record['state_cells'] = sum(record['state_cells_by_endpoint'].values())
         if with_floor:
             record.update(self.ledger_memory())
             record['pages'] = [r for r in log if r['start_time'] is not None]

@@ -16,6 +16,8 @@ import pytest
 from datadog_checks.base import AgentCheck
 from datadog_checks.base.stubs import datadog_agent
 
+from tests.simulator import Organization
+
 from .conftest import (
     DEFAULT_GROUP_BY,
     FLOW_METRICS,
@@ -512,3 +514,79 @@ def test_pages_split_for_a_large_organization_still_sum_to_openai_figures(
         clock.advance(300)
         dd_run_check(check)
     assert_exact(org, clock.now(), endpoints=('completions', 'embeddings'))
+
+
+@pytest.mark.parametrize('org', [Organization(seed=7, settle_seconds={'costs': 5 * D})])
+def test_costs_before_the_re_read_window_are_read_hourly_and_their_late_revisions_counted_once(
+    org, clock, sim, make_check, dd_run_check, aggregator, caplog
+):
+    """Costs that keep changing for 5 days, a re-read window of 3: between the hourly whole readings a run reads
+    the last 3 days only, the month to date still adds the older days (as last read), and what changed in them
+    meanwhile is counted once, at the next whole reading."""
+    check = make_check(usage_endpoints=['completions'], collect_headroom=False)
+    starts = []  # (run time, start_time of the run's costs request)
+    for _ in range(3 * 8 * 24):  # every 20 minutes for 8 days
+        sim.clear_log()
+        dd_run_check(check)
+        [request] = sim.requests_to('costs')
+        starts.append((clock.now(), int(request.param('start_time'))))
+        clock.advance(1200)
+    whole_start = lambda t: min(month_start(t), floor_to(t, D) - 7 * D)  # noqa: E731
+    partial = [(t, s) for t, s in starts if s == floor_to(t - 3 * D, D) != whole_start(t)]
+    # (A whole reading starts a day earlier when the ledger still holds the day that has just left the window.)
+    whole = [(t, s) for t, s in starts if s in (whole_start(t), whole_start(t) - D)]
+    assert len(partial) + len(whole) == len(starts)
+    # One run in three reads the whole window: 20 minutes apart, a whole reading every hour.
+    assert len(whole) == len(starts) // 3
+    last_whole = {}
+    for t, s in starts:
+        if (t, s) in whole:
+            last_whole['t'] = t
+        else:
+            assert t - last_whole['t'] < 3600
+    # After a partial read: OpenAI's figures for the last 3 days now, and for the days before at the last whole read.
+    for _ in range(3):  # the next run between two whole readings
+        sim.clear_log()
+        dd_run_check(check)
+        now = clock.now()
+        revised = floor_to(now - 3 * D, D)
+        if int(sim.requests_to('costs')[0].param('start_time')) == revised:
+            break
+        last_whole['t'] = now
+        clock.advance(1200)
+    else:
+        raise AssertionError('no run read the re-read window alone')
+    month = month_start(now)
+    at_whole = last_whole['t']
+    expected = sum(
+        fields['amount']
+        for start, end, t in ((month, revised, at_whole), (revised, int(now) + D, now))
+        for fields in reported_totals(org, 'costs', (), start, end, t).values()
+    )
+    assert aggregator.metrics('openai.api.costs.month_to_date')[-1].value == pytest.approx(expected)
+    assert expected != pytest.approx(
+        sum(f['amount'] for f in reported_totals(org, 'costs', (), month, now + D, now).values())
+    )
+    # The next whole reading counts what the older days gained since: every total is OpenAI's, counted once.
+    clock.advance(3600)
+    sim.clear_log()
+    dd_run_check(check)
+    now = clock.now()
+    assert int(sim.requests_to('costs')[0].param('start_time')) == whole_start(now)
+    assert_exact(org, now, endpoints=('costs', 'completions'))
+    month_total = reported_totals(org, 'costs', (), month_start(now), int(now) + D, now)
+    assert aggregator.metrics('openai.api.costs.month_to_date')[-1].value == pytest.approx(
+        sum(f['amount'] for f in month_total.values())
+    )
+    # A restart knows no older day: its first run reads the whole window, from the saved state, counting nothing twice.
+    clock.advance(1200)
+    sim.clear_log()
+    check = make_check(usage_endpoints=['completions'], collect_headroom=False)
+    dd_run_check(check)
+    now = clock.now()
+    assert int(sim.requests_to('costs')[0].param('start_time')) == whole_start(now)
+    assert_exact(org, now, endpoints=('costs', 'completions'))
+    assert not sim.validation_errors
+    # A day leaving the window of a check that runs is not usage "not collected" (the first week of a month, when
+    # the window starts 7 days back, the catch-up floor).
+    assert not [r for r in caplog.records if 'not collected' in r.getMessage()]

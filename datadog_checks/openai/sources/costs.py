@@ -1,10 +1,16 @@
 """Costs: daily buckets read like usage, from the first of the month, and the month-to-date totals.
 
-A day's cost keeps changing for days, so the window reaches back `costs_revision_window_days`, and at
+A day's cost keeps changing for days, so the ledger reaches back `costs_revision_window_days`, and at
 least to the first of the month, so that the month-to-date gauges are OpenAI's own figure for the month
 rather than a sum of what the check happened to see. It also reaches back over the last 7 complete days, whose
 average is the daily rate of the month-end projection (headroom.py): one page holds up to 180 daily buckets, so
 that costs no request.
+
+A large organization's bill is hundreds of thousands of rows a month, and the days before the re-read window
+seldom change: every run reads the re-read window, and the whole window (from the first of the month) only when
+the last whole reading is FULL_READ_SECONDS old. Between, the older days' part of the month-to-date, of the daily
+rate and of the bill is the one of their last reading, and a revision of such a day is counted (exactly once, the
+ledger holds the day) at the next whole reading.
 
 With group_by line_item, OpenAI also reports the billed `quantity` and its `quantity_unit`: the quantity is a
 flow like the amount (same ledger, same exactly-once), tagged as the amount plus `quantity_unit`. What the run read
@@ -21,7 +27,10 @@ from ..headroom import RATE_DAYS, rate_window
 from ..ledger import Key, Ledger, shape_of
 from .base import Outcome, Run
 from .rows import aggregate, valid_values
-from .usage import UsageSource, floor_to, month_start
+from .usage import UsageSource, Window, floor_to, month_start
+
+# How often a run reads the days before the costs re-read window again (see the module's docstring).
+FULL_READ_SECONDS = 3600
 
 MONTH_DIMS = ('currency',)
 PROJECT_MONTH_DIMS = ('project_id', 'currency')
@@ -30,8 +39,22 @@ LEGACY_FIELDS = ('amount',)
 
 
 @dataclass
+class Day:
+    """What one day of costs adds to the month-to-date, the daily rate and the bill, as last read."""
+
+    # currency -> amount, and (project_id, currency) -> amount, the way the ledger counts them (a rejected row as
+    # last submitted)
+    totals: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    projects: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
+    # The bill's view of the day (rejected rows left out): see Bill.
+    lines: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
+    bill_projects: dict[tuple[str, str], float] = field(default_factory=dict)
+
+
+@dataclass
 class Bill:
-    """The costs of each day the run read, as OpenAI reports them now (today's included, incomplete)."""
+    """The costs of each day of the window, as OpenAI reports them now (today's included, incomplete): read this
+    run, or for the days before the re-read window at the last whole reading (see FULL_READ_SECONDS)."""
 
     # day start -> (line_item, quantity_unit, currency) -> [amount, quantity]
     lines: dict[int, dict[tuple[str, str, str], list[float]]] = field(default_factory=dict)
@@ -46,11 +69,33 @@ class Bill:
 
 class CostsSource(UsageSource):
     def window_start(self, now: float, seconds: int) -> int:
-        revised = floor_to(now - self.windows.costs_revision_days * 86400, seconds)
-        return min(month_start(now), revised, rate_window(now)[0])
+        return min(month_start(now), self._revised(now), rate_window(now)[0])
+
+    def _revised(self, now: float) -> int:
+        return floor_to(now - self.windows.costs_revision_days * 86400, 86400)
+
+    def plan(self, ledger: Ledger | None, now: float) -> Window:
+        window = super().plan(ledger, now)
+        self.full_read = ledger is None or self._full_read_due(now)
+        if not self.full_read:
+            # The ledger keeps its horizon (Window.horizon): the days before are compared at the next whole reading.
+            window.read_start = max(window.read_start, self._revised(now))
+        return window
+
+    def _full_read_due(self, now: float) -> bool:
+        if self.kept_at is None or now - self.kept_at >= FULL_READ_SECONDS:
+            return True
+        # A day that left the re-read window while its runs failed has no reading to take its figures from.
+        start, end = self.window_start(now, 86400), self._revised(now)
+        return any(day not in self.kept for day in range(start, end, 86400))
 
     def _layout(self) -> None:
         super()._layout()
+        # Days kept from the last readings (see FULL_READ_SECONDS), and when the window was last read whole; a new
+        # layout (a refused group_by) reads it whole again.
+        self.kept: dict[int, Day] = {}
+        self.kept_at: float | None = None
+        self._pending: tuple[dict[int, Day], float | None] | None = None
         # Found by name: the group_by decides where the project sits in a key, and the currency is always last.
         names = [f.name for f in self.endpoint.flows]
         self.amount_slot = names.index('amount')
@@ -78,15 +123,21 @@ class CostsSource(UsageSource):
     def collect(self, run: Run) -> Outcome:
         self.month = month_start(run.now)
         self.rate_from, self.rate_to = rate_window(run.now)
-        self.totals: dict[str, float] = defaultdict(float)
-        self.project_totals: dict[tuple[str, str], float] = defaultdict(float)
-        self.bill = Bill(by_line_item=self.line_item_slot is not None, by_project=self.project_slot is not None)
         self.units.clear()
-        self.rate_totals: dict[str, float] = defaultdict(float)
-        self.project_rate_totals: dict[tuple[str, str], float] = defaultdict(float)
+        self.read: dict[int, Day] = {}
         outcome = super().collect(run)
-        self.bill.complete = outcome.complete
-        outcome.facts['bill'] = self.bill
+        # This run's days over the kept ones (those the window still holds), kept once the state is saved (apply).
+        start = self.window_start(run.now, 86400)
+        days = {day: sums for day, sums in self.kept.items() if day >= start}
+        days.update(self.read)
+        self._pending = (days, run.now if self.full_read else self.kept_at) if outcome.complete else None
+        outcome.facts['bill'] = Bill(
+            {day: sums.lines for day, sums in days.items()},
+            {day: sums.bill_projects for day, sums in days.items()},
+            by_line_item=self.line_item_slot is not None,
+            by_project=self.project_slot is not None,
+            complete=outcome.complete,
+        )
         name, dims, units = self.quantity_name, self.quantity_dims, self.units
         # A list of its own (the run's compact points are read-only): the quantity's points carry one more tag.
         outcome.counts = [
@@ -95,26 +146,39 @@ class CostsSource(UsageSource):
         ]
         if outcome.complete:
             # Only a complete read covers the whole month.
-            for currency, total in self.totals.items():
-                outcome.gauges.append((MONTH_TO_DATE.name, total, MONTH_DIMS, (currency,)))
-            for (project_id, currency), total in self.project_totals.items():
-                outcome.gauges.append((PROJECT_MONTH_TO_DATE.name, total, PROJECT_MONTH_DIMS, (project_id, currency)))
-            # For the headroom of the same run (sources/limits.py): what the month-end projection starts from.
-            outcome.facts['month_to_date'] = dict(self.totals)
-            outcome.facts['daily_rate'] = {c: t / RATE_DAYS for c, t in self.rate_totals.items()}
-            if self.project_slot is not None:
-                outcome.facts['project_month_to_date'] = dict(self.project_totals)
-                outcome.facts['project_daily_rate'] = {k: t / RATE_DAYS for k, t in self.project_rate_totals.items()}
+            self._report(outcome, days)
         return outcome
+
+    def _report(self, outcome: Outcome, days: dict[int, Day]) -> None:
+        totals: dict[str, float] = defaultdict(float)
+        project_totals: dict[tuple[str, str], float] = defaultdict(float)
+        rate_totals: dict[str, float] = defaultdict(float)
+        project_rate_totals: dict[tuple[str, str], float] = defaultdict(float)
+        for day, sums in days.items():
+            targets = []
+            if day >= self.month:
+                targets.append((totals, project_totals))
+            if self.rate_from <= day < self.rate_to:
+                targets.append((rate_totals, project_rate_totals))
+            for to, project_to in targets:
+                for currency, amount in sums.totals.items():
+                    to[currency] += amount
+                for key, amount in sums.projects.items():
+                    project_to[key] += amount
+        for currency, total in totals.items():
+            outcome.gauges.append((MONTH_TO_DATE.name, total, MONTH_DIMS, (currency,)))
+        for (project_id, currency), total in project_totals.items():
+            outcome.gauges.append((PROJECT_MONTH_TO_DATE.name, total, PROJECT_MONTH_DIMS, (project_id, currency)))
+        # For the headroom of the same run (sources/limits.py): what the month-end projection starts from.
+        outcome.facts['month_to_date'] = dict(totals)
+        outcome.facts['daily_rate'] = {c: t / RATE_DAYS for c, t in rate_totals.items()}
+        if self.project_slot is not None:
+            outcome.facts['project_month_to_date'] = dict(project_totals)
+            outcome.facts['project_daily_rate'] = {k: t / RATE_DAYS for k, t in project_rate_totals.items()}
 
     def _collect(self, run: Run) -> Outcome:
         # A refused group_by reads the window again: the month is summed from that reading alone.
-        self.totals.clear()
-        self.project_totals.clear()
-        self.bill.lines.clear()
-        self.bill.projects.clear()
-        self.rate_totals.clear()
-        self.project_rate_totals.clear()
+        self.read.clear()
         return super()._collect(run)
 
     def _diff_bucket(self, reading, start: int, results: list, now: float) -> None:
@@ -125,12 +189,19 @@ class CostsSource(UsageSource):
             current, malformed = aggregate(results, self.key_of, self.read_flows)
             valid = {key: values for key, values in current.items() if valid_values(values)}
             reading.malformed += malformed + len(current) - len(valid)
-            self._add(start, valid)
+            self._add(self._day(start), valid)
             return
         super()._diff_bucket(reading, start, results, now)
 
+    def _day(self, start: int) -> Day:
+        day = self.read.get(start)
+        if day is None:
+            day = self.read[start] = Day()
+        return day
+
     def bucket_read(self, start: int, current: dict, submitted: dict, changed: dict, rejected: list, now: float):
-        self._note_bill(start, current, rejected)
+        day = self._day(start)
+        self._note_bill(day, current, rejected)
         if start < self.month and start < self.rate_from:
             return
         for key in rejected:
@@ -139,31 +210,24 @@ class CostsSource(UsageSource):
                 current[key] = submitted[key]
             else:
                 del current[key]
-        self._add(start, current)
+        self._add(day, current)
 
-    def _add(self, start: int, current: dict) -> None:
-        """Add a day's costs to the month's totals and to the rate's, as far as the day belongs to them."""
-        targets = []
-        if start >= self.month:
-            targets.append((self.totals, self.project_totals))
-        if self.rate_from <= start < self.rate_to:
-            targets.append((self.rate_totals, self.project_rate_totals))
+    def _add(self, day: Day, current: dict) -> None:
+        """Add a day's costs to its totals, by currency and by project."""
         amount, currency_slot, project_slot = self.amount_slot, self.currency_slot, self.project_slot
-        for totals, project_totals in targets:
-            for key, values in current.items():
-                value = values[amount]
-                if value is None:
-                    continue
-                currency = key[currency_slot] or 'usd'
-                totals[currency] += value
-                if project_slot is not None:
-                    project_totals[(key[project_slot], currency)] += value
+        totals, project_totals = day.totals, day.projects
+        for key, values in current.items():
+            value = values[amount]
+            if value is None:
+                continue
+            currency = key[currency_slot] or 'usd'
+            totals[currency] += value
+            if project_slot is not None:
+                project_totals[(key[project_slot], currency)] += value
 
-    def _note_bill(self, start: int, current: dict, rejected: list) -> None:
-        day = floor_to(start, 86400)
+    def _note_bill(self, day: Day, current: dict, rejected: list) -> None:
         bad = set(rejected)
-        lines = self.bill.lines.setdefault(day, {})
-        projects = self.bill.projects.setdefault(day, {})
+        lines, projects = day.lines, day.bill_projects
         amount, quantity = self.amount_slot, self.quantity_slot
         currency_slot, project_slot, item_slot = self.currency_slot, self.project_slot, self.line_item_slot
         for key, values in current.items():
@@ -177,6 +241,16 @@ class CostsSource(UsageSource):
                 line = lines.setdefault((key[item_slot], self.units.get(key, ''), currency), [0.0, 0.0])
                 line[0] += value
                 line[1] += values[quantity] or 0
+
+    def apply(self, outcome: Outcome) -> None:
+        super().apply(outcome)
+        if self._pending is not None:
+            self.kept, self.kept_at = self._pending
+            self._pending = None
+
+    def forget(self) -> None:
+        super().forget()
+        self.kept, self.kept_at, self._pending = {}, None, None
 
     def _load(self, now: float) -> Ledger | None:
         ledger = super()._load(now)

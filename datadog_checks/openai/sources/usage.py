@@ -187,8 +187,10 @@ class UsageSource(Source):
         ledger = self._ledger(run.now)
         window = self.plan(ledger, run.now)
         base = ledger if ledger is not None else Ledger(self.shape, window.read_start, run.now)
-        # The buckets an outage pushed out of reach are dropped: they can no longer be compared.
-        reading = Reading(window, base, Change(max(base.horizon, window.read_start), base.read_at, base))
+        # The buckets an outage pushed out of reach are dropped: they can no longer be compared. (A window may also
+        # start after its horizon: costs between whole readings, see sources/costs.py.)
+        horizon = max(base.horizon, min(window.read_start, window.horizon))
+        reading = Reading(window, base, Change(horizon, base.read_at, base))
         reading.counts = Points(self.flow_names, self.dims)
         outcome = Outcome(self.name)
         try:
@@ -221,7 +223,9 @@ class UsageSource(Source):
         floor = min(window_start, floor_to(now - self.windows.catch_up_hours * 3600, seconds))
         read_start = min(ledger.horizon, window_start)
         lost = None
-        if read_start < floor:
+        # Within max_catch_up_hours of the last complete read, nothing was away long enough to be lost (a bucket that
+        # left the window since was read by that run).
+        if read_start < floor and now - ledger.read_at > self.windows.catch_up_hours * 3600:
             lost = (read_start, floor)
             read_start = floor
         return Window(read_start, window_start, baseline=False, lost=lost)
