@@ -371,6 +371,8 @@ def growing_page(encode=lambda body: body, headers=None):
     [
         ('gzip', gzipped),
         ('gzip', lambda body: gzipped(body[:40]) + gzipped(body[40:])),  # two members
+        ('x-gzip', gzipped),  # the older name, which RFC 9110 asks readers to take as gzip
+        ('X-Gzip', gzipped),
         ('deflate', zlib.compress),
         ('deflate', lambda body: zlib.compress(body)[2:-4]),  # raw deflate, without the zlib header
         ('identity', lambda body: body),
@@ -383,6 +385,34 @@ def test_compressed_pages_are_read(encoding, encode, hostile, make, fake, dd_run
     aggregator.assert_metric('openai.api.usage.completions.input_tokens', 50, count=1)
     assert last_status().status == AgentCheck.OK
     assert hostile.requests[0].headers['accept-encoding'] == 'gzip, deflate'
+
+
+@pytest.mark.parametrize('encoding, encode', [('identity', lambda b: b), ('gzip', gzipped), ('deflate', zlib.compress)])
+def test_a_page_of_exactly_the_limit_is_read_and_one_byte_more_is_not(
+    encoding, encode, hostile, make, dd_run_check, monkeypatch
+):
+    body = page(bucket(HOUR, completions_row(100, model='gpt-4o')))
+    hostile.respond = lambda request: Reply(200, encode(body), {**JSON, 'Content-Encoding': encoding})
+    for limit, refused in ((len(body), False), (len(body) - 1, True)):
+        monkeypatch.setattr(client_module, 'MAX_RESPONSE_BYTES', limit)
+        check = make(group_by={'completions': ['model']})
+        dd_run_check(check)
+        too_large = [w for w in check.warnings if 'is larger than the' in w]
+        assert bool(too_large) is refused, (limit, check.warnings)
+        assert (last_status().status == AgentCheck.OK) is not refused
+
+
+@pytest.mark.parametrize('status', [200, 502])
+def test_a_page_that_is_not_utf_8_is_quoted_not_a_crash(status, hostile, make, dd_run_check):
+    # A gateway's page in Latin-1 (or any bytes): quoted with what cannot be decoded replaced.
+    body = b'<html><body>Passerelle \xe9chou\xe9e \xff\xfe proxy-7</body></html>'
+    hostile.respond = lambda request: Reply(status, body, {'Content-Type': 'text/html; charset=iso-8859-1'})
+    check = make(max_retries=0)
+    dd_run_check(check)
+    assert not any('unexpected error' in w for w in check.warnings), check.warnings
+    quoted = [w for w in check.warnings if 'Passerelle \ufffdchou\ufffde' in w and 'proxy-7' in w]
+    assert quoted, check.warnings
+    assert last_status().status != AgentCheck.OK
 
 
 def test_an_encoding_the_check_cannot_bound_is_refused(hostile, make, dd_run_check):
