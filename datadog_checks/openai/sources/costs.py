@@ -50,6 +50,27 @@ class Day:
     lines: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
     bill_projects: dict[tuple[str, str], float] = field(default_factory=dict)
 
+    def settled(self, strings: dict[str, str]) -> Day:
+        """The same figures keyed by strings of the check's own, made once the pages are freed. A kept day keyed by
+        the strings of the page it was read from would keep that page's memory from the system between runs (a few
+        strings per pool hold the whole pool); `strings` maps each string to its copy."""
+
+        def own(s):
+            copy = strings.get(s)
+            if copy is None:
+                copy = strings[s] = ''.join(s) if s.__class__ is str else s
+            return copy
+
+        def keyed(cells: dict) -> dict:
+            return {tuple(map(own, key)) if key.__class__ is tuple else own(key): v for key, v in cells.items()}
+
+        return Day(
+            keyed(self.totals),
+            keyed(self.projects),
+            {key: list(v) for key, v in keyed(self.lines).items()},
+            keyed(self.bill_projects),
+        )
+
 
 @dataclass
 class Bill:
@@ -129,7 +150,9 @@ class CostsSource(UsageSource):
         # This run's days over the kept ones (those the window still holds), kept once the state is saved (apply).
         start = self.window_start(run.now, 86400)
         days = {day: sums for day, sums in self.kept.items() if day >= start}
-        days.update(self.read)
+        strings: dict[str, str] = {}
+        days.update((day, sums.settled(strings)) for day, sums in self.read.items())
+        self.read.clear()
         self._pending = (days, run.now if self.full_read else self.kept_at) if outcome.complete else None
         outcome.facts['bill'] = Bill(
             {day: sums.lines for day, sums in days.items()},
@@ -144,6 +167,8 @@ class CostsSource(UsageSource):
             (metric, value, dims, key + (units.get(key, ''),)) if metric == name else (metric, value, point_dims, key)
             for metric, value, point_dims, key in outcome.counts
         ]
+        # The units, like the days read, hold strings of the pages: not kept between runs.
+        units.clear()
         if outcome.complete:
             # Only a complete read covers the whole month.
             self._report(outcome, days)
