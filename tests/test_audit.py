@@ -402,7 +402,15 @@ def test_an_agent_with_logs_disabled_reads_no_audit_log_and_says_so_once(
     sim.audit_log.add('login.succeeded', int(clock.now()) - 60)
     check = make_check(collect_audit_logs=True, **METRICS_LIGHT)
     dd_run_check(check)
-    assert any('logs_enabled false' in w for w in check.warnings)
+    [warning] = [w for w in check.warnings if 'logs_enabled false' in w]
+    # What to do, whole: turn logs on, give the check a logs section, restart; what is then sent.
+    for step in (
+        'the audit events: the audit log is not read.',
+        'Set logs_enabled: true in datadog.yaml',
+        'add the `logs` section (type: integration, source: openai) to conf.d/openai.d/conf.yaml',
+        'and restart the Agent; the events of the last audit_logs_lookback_hours are then sent.',
+    ):
+        assert step in warning, (step, warning)
     clock.advance(300)
     dd_run_check(check)
     assert len([w for w in check.warnings if 'logs_enabled' in w]) == 1

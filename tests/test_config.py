@@ -124,6 +124,14 @@ def test_windows_and_budget_are_checked():
     assert '`time_budget` (400s) must be shorter than `min_collection_interval` (300s)' in message
 
 
+@pytest.mark.parametrize('account_name', ['  ', None])
+def test_a_wrong_account_name_does_not_hide_the_other_options_problems(account_name):
+    # Judged together only once each option is valid: the others are judged again without the wrong ones.
+    message = problems(account_name=account_name, time_budget=400)
+    assert 'account_name' in message
+    assert '`time_budget` (400s) must be shorter than `min_collection_interval` (300s)' in message
+
+
 def test_a_daily_bucket_needs_a_day_of_revision_window():
     assert 'use 24 or more with 1d' in problems(bucket_width='1d', revision_window_hours=6)
     assert load(bucket_width='1d', revision_window_hours=24).settings.bucket_width == '1d'

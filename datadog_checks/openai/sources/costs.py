@@ -116,6 +116,7 @@ class CostsSource(UsageSource):
         # layout (a refused group_by) reads it whole again.
         self.kept: dict[int, Day] = {}
         self.kept_at: float | None = None
+        self.full_read = True
         self._pending: tuple[dict[int, Day], float | None] | None = None
         # Found by name: the group_by decides where the project sits in a key, and the currency is always last.
         names = [f.name for f in self.endpoint.flows]
