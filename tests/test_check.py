@@ -221,6 +221,10 @@ def test_retry_after_is_honoured_within_the_time_budget(clock, sim, make_check, 
     assert clock.now() - started == pytest.approx(14)
     sc = only_status(aggregator)
     assert sc.status == AgentCheck.WARNING and 'rate limited' in sc.message
+    # The retries are counted as rate limited: what the collector health dashboard and monitors read.
+    aggregator.assert_metric(
+        'openai.check.api.retries', value=2, tags=['openai_account:test', 'endpoint:completions', 'reason:rate_limited']
+    )
 
 
 def test_a_wait_beyond_the_budget_is_not_taken(clock, sim, make_check, dd_run_check, aggregator):

@@ -415,6 +415,29 @@ def test_a_page_that_is_not_utf_8_is_quoted_not_a_crash(status, hostile, make, d
     assert last_status().status != AgentCheck.OK
 
 
+@pytest.mark.parametrize('before', [470, 100])
+def test_a_key_cut_by_the_quoted_window_leaves_no_part_of_it(before, hostile, make, dd_run_check):
+    # The check quotes the start of a page that is not JSON (480 bytes at most): an echoed key cut at that bound is
+    # no longer recognised as the key, so the cut word goes, even when it is the only one (a page of blanks).
+    body = b' ' * before + b'x ' * ((470 - before) // 2) + KEY.encode() + b' tail'
+    hostile.respond = lambda request: Reply(502, body, {'Content-Type': 'text/html'})
+    check = make(max_retries=0)
+    dd_run_check(check)
+    said = ' '.join(check.warnings) + last_status().message
+    assert 'OpenAI answered 502' in said
+    # Not even its first characters: a fragment too short for the key's shape (sk- and 12 more) is not redacted.
+    assert KEY[: len('sk-admin-') + 1] not in said, said
+    assert not any(KEY[i : i + 8] in said for i in range(4, len(KEY) - 8)), said
+
+
+def test_a_minified_page_longer_than_the_quoted_window_is_still_quoted(hostile, make, dd_run_check):
+    body = b'{"detail":"' + b'upstream-overloaded,' * 40 + b'"}'  # one word of 800 bytes
+    hostile.respond = lambda request: Reply(502, body, {'Content-Type': 'application/problem+json'})
+    check = make(max_retries=0)
+    dd_run_check(check)
+    assert any('{"detail":"upstream-overloaded,upstream-overloaded,' in w for w in check.warnings), check.warnings
+
+
 def test_an_encoding_the_check_cannot_bound_is_refused(hostile, make, dd_run_check):
     hostile.respond = growing_page(headers={'Content-Encoding': 'br'})
     check = make()

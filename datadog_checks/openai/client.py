@@ -8,6 +8,7 @@ limited gives up cleanly before the next run is due instead of piling up behind 
 from __future__ import annotations
 
 import copy
+import re
 import time
 import zlib
 from collections import defaultdict
@@ -20,6 +21,9 @@ import urllib3
 from datadog_checks.base.utils.format import json
 
 from .scrub import Scrubber, printable
+
+# The end of a quoted window that may be part of a key or token cut by it: the characters a bearer token may hold.
+_CUT_TOKEN = re.compile(r'[^\s"\'<>,;&()\[\]{}]+$')
 
 ADMIN_KEY_HELP = (
     'The usage and costs endpoints need an organization admin key (sk-admin-...). Project keys and '
@@ -353,12 +357,14 @@ class OpenAIClient:
     def _snippet(self, content: bytes, size: int = 120) -> str:
         """The start of a body for a message, scrubbed: a gateway may echo the request's headers."""
         window = size * 4
-        words = content[:window].decode('utf-8', 'replace').split()
-        if len(content) > window and len(words) > 1:
-            words.pop()  # the window may have cut a key in two, and half a key is not recognised
-        text = self.scrubber.text(printable(' '.join(words)))
+        head = content[:window].decode('utf-8', 'replace')
+        if len(content) > window:
+            # The window may have cut a key or a token in two, and half a key is not recognised: what it kept of the
+            # last one goes (a minified page keeps what is before its last delimiter).
+            head = _CUT_TOKEN.sub('', head)
+        text = self.scrubber.text(printable(' '.join(head.split())))
         if not text:
-            return 'empty body'
+            return 'empty body' if len(content) <= window else 'a body with no break in its first bytes'
         if len(text) <= size and len(content) <= window:
             return text
         return self.scrubber.text(text[:size]) + '...'
