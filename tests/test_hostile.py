@@ -322,11 +322,25 @@ def test_a_huge_body_is_refused_with_bounded_memory(declared, hostile, make, dd_
     assert last_status().status != AgentCheck.OK
 
 
-def test_a_gzip_bomb_is_refused_with_bounded_memory(hostile, make, dd_run_check, monkeypatch):
+def _raw_deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+@pytest.mark.parametrize(
+    'encoding, compress',
+    [
+        ('gzip', lambda size: gzip_bomb(size)),
+        ('deflate', lambda size: zlib.compress(bytes(size), 9)),
+        ('deflate', lambda size: _raw_deflate(bytes(size))),  # without the zlib header: the check's second try
+    ],
+)
+def test_a_gzip_bomb_is_refused_with_bounded_memory(encoding, compress, hostile, make, dd_run_check, monkeypatch):
     monkeypatch.setattr(client_module, 'MAX_RESPONSE_BYTES', CAP)
-    bomb = gzip_bomb(64 * 2**20)
+    bomb = compress(64 * 2**20)
     assert len(bomb) < 100_000
-    hostile.respond = lambda request: Reply(200, bomb, {'Content-Type': 'application/json', 'Content-Encoding': 'gzip'})
+    headers = {'Content-Type': 'application/json', 'Content-Encoding': encoding}
+    hostile.respond = lambda request: Reply(200, bomb, headers)
     check = make(max_retries=0)
     peak = peak_memory(lambda: dd_run_check(check))
     assert peak < 3 * CAP, f'peak {peak / 2**20:.1f} MiB for a {CAP / 2**20:.0f} MiB limit'
