@@ -335,7 +335,9 @@ def _raw_deflate(data: bytes) -> bytes:
         ('deflate', lambda size: _raw_deflate(bytes(size))),  # without the zlib header: the check's second try
     ],
 )
-def test_a_gzip_bomb_is_refused_with_bounded_memory(encoding, compress, hostile, make, dd_run_check, monkeypatch):
+def test_a_compression_bomb_is_refused_with_bounded_memory(
+    encoding, compress, hostile, make, dd_run_check, monkeypatch
+):
     monkeypatch.setattr(client_module, 'MAX_RESPONSE_BYTES', CAP)
     bomb = compress(64 * 2**20)
     assert len(bomb) < 100_000
