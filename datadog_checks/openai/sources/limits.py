@@ -48,6 +48,8 @@ PROJECT_MONTH_DIMS = ('project_id', 'currency')
 # What a refresh reads, one request each (a rate limit listing may take more than one page).
 SPEND = 'spend'
 RATE = 'rate'
+# What LimitsSource._read returns for a 404: no such limit, or no such project.
+MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -145,21 +147,30 @@ class LimitsSource(Source):
             f'read the organization\'s limits, so no {what} are submitted. {LIMITS_HELP}'
         )
 
+    def _read(self, kind: str, read, problems: list[str]):
+        """What `read` returns; None when the key may not read the limits (a 403, noted in `problems`), MISSING for
+        a 404 (no such limit, or no such project)."""
+        try:
+            return read()
+        except AuthError as e:
+            if e.status != 403:
+                raise
+            self._denied(kind, e, problems)
+            return None
+        except RequestRefused as e:
+            if e.status != 404:
+                raise
+            return MISSING
+
     def _read_rate_limits(self, client: OpenAIClient, project_id: str, problems: list[str]) -> None:
         path = project_path(project_id, 'rate_limits')
         if path is None:
             problems.append(f'{self._what(RATE, project_id)} not refreshed: not an id.')
             return
-        try:
-            items = list(client.iter_list(path, [('limit', LIST_LIMIT)], 'rate_limits'))
-        except AuthError as e:
-            if e.status != 403:
-                raise
-            self._denied(RATE, e, problems)
+        items = self._read(RATE, lambda: list(client.iter_list(path, [('limit', LIST_LIMIT)], 'rate_limits')), problems)
+        if items is None:
             return
-        except RequestRefused as e:
-            if e.status != 404:
-                raise
+        if items is MISSING:
             self.rate_limits.pop(project_id, None)  # the project is gone
             return
         table: dict[str, dict[str, float]] = {}
@@ -188,16 +199,10 @@ class LimitsSource(Source):
         if path is None:
             problems.append(f'{self._what(SPEND, project_id)} not refreshed: not an id.')
             return
-        try:
-            body = client.get_json(path, [], 'spend_limit')
-        except AuthError as e:
-            if e.status != 403:
-                raise
-            self._denied(SPEND, e, problems)
+        body = self._read(SPEND, lambda: client.get_json(path, [], 'spend_limit'), problems)
+        if body is None:
             return
-        except RequestRefused as e:
-            if e.status != 404:
-                raise
+        if body is MISSING:
             # No hard spend limit configured (or no such project): no threshold, rather than a threshold of 0.
             self.spend_limits.pop(project_id, None)
             return
