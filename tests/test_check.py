@@ -465,3 +465,30 @@ def test_a_slow_project_listing_cannot_starve_the_usage_endpoints(clock, sim, ma
     assert clock.now() - started == 50
     assert [r.status for r in sim.requests_to('completions')] == [200]
     aggregator.assert_metric('openai.check.data_lag', 0, tags=['openai_account:test', 'endpoint:completions'])
+
+
+def test_a_large_run_gives_its_memory_back_once_its_pages_and_points_are_dropped(
+    clock, sim, make_check, dd_run_check, monkeypatch
+):
+    import gc
+
+    from datadog_checks.openai import check as check_module
+    from datadog_checks.openai.sources import Outcome
+
+    calls = []
+
+    def release():
+        # What the run read must be garbage by now: an outcome still alive would keep its points' memory.
+        calls.append([o for o in gc.get_objects() if isinstance(o, Outcome)])
+        return True
+
+    monkeypatch.setattr(check_module, 'release_freed_memory', release)
+    check = make_check(usage_endpoints=['completions'], collect_costs=False)
+    clock.advance(30 * H)
+    monkeypatch.setattr(check_module, 'RELEASE_AFTER_ROWS', 10**9)
+    dd_run_check(check)
+    assert calls == []  # a small read: nothing worth a pass over the heap
+    monkeypatch.setattr(check_module, 'RELEASE_AFTER_ROWS', 1)
+    clock.advance(300)
+    dd_run_check(check)
+    assert calls == [[]]

@@ -19,6 +19,7 @@ from .catalogue import CAN_CONNECT, CONTEXTS, LOGS_SENT, SERIES, SERVICE_CHECK, 
 from .client import ACCEPT_ENCODING, AuthError, OpenAIClient, TimeBudget
 from .config_models import ConfigMixin, InstanceConfig
 from .config_models import validators as rules
+from .memory import RELEASE_AFTER_ROWS, release_freed_memory
 from .scrub import Scrubber, install_log_filter
 from .sources import NameSource, Outcome, Run, Source, StateStore, build_headroom_sources, build_sources
 from .tags import TagBuilder
@@ -148,7 +149,12 @@ class OpenAICheck(AgentCheck, ConfigMixin):
             outcomes = self.collect_all(run)
         finally:
             self.tags.forget()
+        rows = sum(outcome.rows for outcome in outcomes)
         self.report_health(run, outcomes, started)
+        if rows >= RELEASE_AFTER_ROWS:
+            # Only once the run's points are dropped too: they are freed after the pages, into the same heap.
+            del run, outcomes
+            release_freed_memory()
 
     def too_soon(self, now: float) -> bool:
         """Whether to skip a run that comes too soon after the previous one.

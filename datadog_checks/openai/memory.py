@@ -12,6 +12,9 @@ from __future__ import annotations
 import ctypes
 import sys
 
+# A run that read this many rows or more gives back, at its end, the memory its pages and points took.
+RELEASE_AFTER_ROWS = 10_000
+
 _trim = None
 
 

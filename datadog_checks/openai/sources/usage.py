@@ -18,7 +18,6 @@ from typing import Any
 from ..catalogue import BUCKET_SECONDS, Endpoint
 from ..client import ApiError, BadResponse, RequestRefused, TooLarge
 from ..ledger import ABSENT, UNREPORTED, BucketView, Change, Key, LazyCells, Ledger, Values, shape_of
-from ..memory import release_freed_memory
 from .base import Outcome, Run, Source, StateStore
 from .rows import aggregate, key_reader, valid_values, values_reader
 
@@ -26,8 +25,6 @@ from .rows import aggregate, key_reader, valid_values, values_reader
 # about 1 KB in memory (and 600 bytes of JSON before that), so a page of this many rows costs the Agent some
 # 80 MB at its peak. See UsageSource.queries and the README's Benchmark section.
 MAX_PAGE_ROWS = 50_000
-# A read of this many rows or more gives the memory its pages took back to the system (see memory.py).
-RELEASE_AFTER_ROWS = 10_000
 
 
 def floor_to(t: float, seconds: int) -> int:
@@ -211,8 +208,6 @@ class UsageSource(Source):
             # A page too large to read, of a size nobody knew (a baseline, a catch-up): one bucket a page next.
             self.rows_per_bucket = self.max_page_rows + 1
             self.notes.append(f'{self.name}: the next run reads one bucket a page, to keep each response smaller.')
-        if reading.rows >= RELEASE_AFTER_ROWS:
-            release_freed_memory()
         return self._conclude(reading, outcome, run.now)
 
     def plan(self, ledger: Ledger | None, now: float) -> Window:
