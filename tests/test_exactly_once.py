@@ -356,8 +356,8 @@ def test_a_first_run_that_cannot_read_every_page_of_its_history_never_submits_th
     check = make_check(**options)  # a restart in between changes nothing
     clock.advance(300)
     t1 = clock.now()
-    dd_run_check(check)  # the baseline, read whole
-    assert len([r for r in sim.requests_to('completions') if r.time == t1]) == 2
+    dd_run_check(check)  # the baseline, read whole: its first bucket alone, then two pages
+    assert len([r for r in sim.requests_to('completions') if r.time == t1]) == 3
     assert not any(aggregator.metrics(m) for m in FLOW_METRICS['completions'])
     for _ in range(24):
         clock.advance(300)
@@ -516,6 +516,54 @@ def test_pages_split_for_a_large_organization_still_sum_to_openai_figures(
     assert_exact(org, clock.now(), endpoints=('completions', 'embeddings'))
 
 
+def test_a_baseline_reads_its_first_bucket_alone_and_sizes_the_rest_of_its_window_by_it(
+    org, clock, sim, make_check, dd_run_check, monkeypatch
+):
+    # With no saved state the check knows no bucket's size: the first bucket is read alone, then the rest of the
+    # window in spans that keep a page under MAX_PAGE_ROWS (lowered here to 3 buckets of the test organization).
+    from datadog_checks.openai.sources import usage
+
+    monkeypatch.setattr(usage, 'MAX_PAGE_ROWS', 3 * org.traffic['completions'].n)
+    clock.advance(30 * H)
+    options = dict(usage_endpoints=['completions'], collect_headroom=False)
+    check = make_check(**options)
+    sim.clear_log()
+    t1 = clock.now()
+    dd_run_check(check)
+    spans = [
+        (int(r.param('start_time')), r.param('end_time'), int(r.param('limit'))) for r in sim.requests_to('completions')
+    ]
+    first, *rest = spans
+    assert first == (floor_to(clock.now(), H) - 6 * H, str(floor_to(clock.now(), H) - 5 * H), 1)
+    assert rest and all(limit <= 3 for _, _, limit in rest)
+    for (start, end, limit), (following, _, _) in zip(spans, spans[1:]):
+        assert end is not None and int(end) == start + limit * H == following
+    assert spans[-1][1] is None
+    # Costs: the month's first day alone, then the other days.
+    [costs_first, *costs_rest] = sim.requests_to('costs')
+    assert (
+        costs_first.param('limit') == '1'
+        and int(costs_first.param('end_time')) == int(costs_first.param('start_time')) + D
+    )
+    assert costs_rest and int(costs_rest[0].param('start_time')) == int(costs_first.param('end_time'))
+    assert not sim.validation_errors
+    # A later run knows the sizes (no lone first bucket), and nothing of the baseline is submitted again.
+    sim.clear_log()
+    clock.advance(300)
+    dd_run_check(check)
+    assert all(r.param('limit') != '1' for r in sim.requests_to('completions'))
+    for _ in range(12):
+        clock.advance(300)
+        dd_run_check(check)
+    # What grew after the baseline, exactly: OpenAI's figures of its window now, less what they were at it.
+    group_by, far = DEFAULT_GROUP_BY['completions'], int(clock.now()) + D
+    expected = reported_totals(org, 'completions', group_by, first[0], far, clock.now())
+    for key, fields in reported_totals(org, 'completions', group_by, first[0], far, t1).items():
+        for f, v in fields.items():
+            expected[key][f] -= v
+    assert_same_totals(submitted_totals('completions', group_by), expected, 'completions')
+
+
 @pytest.mark.parametrize('org', [Organization(seed=7, settle_seconds={'costs': 5 * D})])
 def test_costs_before_the_re_read_window_are_read_hourly_and_their_late_revisions_counted_once(
     org, clock, sim, make_check, dd_run_check, aggregator, caplog
@@ -528,7 +576,8 @@ def test_costs_before_the_re_read_window_are_read_hourly_and_their_late_revision
     for _ in range(3 * 8 * 24):  # every 20 minutes for 8 days
         sim.clear_log()
         dd_run_check(check)
-        [request] = sim.requests_to('costs')
+        # Where the run's reading starts (the baseline reads its first day alone, then the rest).
+        request = sim.requests_to('costs')[0]
         starts.append((clock.now(), int(request.param('start_time'))))
         clock.advance(1200)
     whole_start = lambda t: min(month_start(t), floor_to(t, D) - 7 * D)  # noqa: E731

@@ -12,7 +12,8 @@ from __future__ import annotations
 import ctypes
 import sys
 
-# A run that read this many rows or more gives back, at its end, the memory its pages and points took.
+# A read of this many rows or more gives back the memory its pages took, and a run that read as many the memory
+# of its points, at its end.
 RELEASE_AFTER_ROWS = 10_000
 
 _trim = None

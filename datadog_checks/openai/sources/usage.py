@@ -10,7 +10,7 @@ from __future__ import annotations
 import calendar
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 from ..catalogue import BUCKET_SECONDS, Endpoint
 from ..client import ApiError, BadResponse, RequestRefused, TooLarge
 from ..ledger import ABSENT, UNREPORTED, BucketView, Change, Key, LazyCells, Ledger, Values, shape_of
+from ..memory import RELEASE_AFTER_ROWS, release_freed_memory
 from .base import Outcome, Run, Source, StateStore
 from .rows import aggregate, key_reader, valid_values, values_reader
 
@@ -191,7 +192,7 @@ class UsageSource(Source):
         reading.counts = Points(self.flow_names, self.dims)
         outcome = Outcome(self.name)
         try:
-            for params in self.queries(window, run.now, ledger):
+            for params in self.queries(window, run.now, ledger, lambda: reading.widest):
                 for page in run.client.iter_buckets_pages(self.endpoint.path, params, self.name):
                     # A page the client lets go of bucket by bucket (client.Page): each bucket's rows are freed
                     # once compared, before the next bucket's are read.
@@ -208,6 +209,9 @@ class UsageSource(Source):
             # A page too large to read, of a size nobody knew (a baseline, a catch-up): one bucket a page next.
             self.rows_per_bucket = self.max_page_rows + 1
             self.notes.append(f'{self.name}: the next run reads one bucket a page, to keep each response smaller.')
+        if reading.rows >= RELEASE_AFTER_ROWS:
+            # Before the next source's pages: the free heap left fragmented by these would add to their peak.
+            release_freed_memory()
         return self._conclude(reading, outcome, run.now)
 
     def plan(self, ledger: Ledger | None, now: float) -> Window:
@@ -242,30 +246,37 @@ class UsageSource(Source):
     def seconds(self) -> int:
         return BUCKET_SECONDS[self.width]
 
-    def queries(self, window: Window, now: float, ledger: Ledger | None) -> list[list[tuple[str, Any]]]:
+    def queries(
+        self, window: Window, now: float, ledger: Ledger | None, seen: Callable[[], int] | None = None
+    ) -> Iterator[list[tuple[str, Any]]]:
         """The queries that read the window: one (its pages of the API's largest limit), unless a page of the
         window would hold more than MAX_PAGE_ROWS rows, by the rows per bucket seen last run (or in the saved
         state after a restart). Then the window is read in consecutive spans of as many buckets as keep a page
         under that bound (at least one), each ending where the next starts (end_time is exclusive), the last one
-        open-ended to include the bucket in progress. A baseline with no state knows no size: it reads whole
-        pages."""
+        open-ended to include the bucket in progress. A baseline with no state knows no size: its first bucket is
+        read alone, and `seen` (the most rows of a bucket read so far) sizes the rest (one request more, at a
+        baseline only; a month of a large organization's costs in one page would take the Agent gigabytes)."""
         seconds = self.seconds
         largest = self.endpoint.max_limit[self.width]
         per_bucket = self.rows_per_bucket
         if per_bucket is None and ledger is not None:
             per_bucket = max(map(len, ledger.buckets.values()), default=0)
-        buckets = max(1, -(-(floor_to(now, seconds) + seconds - window.read_start) // seconds))
-        if not per_bucket or per_bucket * min(buckets, largest) <= self.max_page_rows:
-            return [self.params(window)]
-        span = max(1, min(largest, self.max_page_rows // per_bucket))
-        queries = []
         start = window.read_start
         last = floor_to(now, seconds)
+        if per_bucket is None and seen is not None and start < last:
+            yield self.params(window, start + seconds, 1)
+            start += seconds
+            per_bucket = seen()
+        window = Window(start, window.horizon, window.baseline)
+        buckets = max(1, -(-(last + seconds - start) // seconds))
+        if not per_bucket or per_bucket * min(buckets, largest) <= self.max_page_rows:
+            yield self.params(window)
+            return
+        span = max(1, min(largest, self.max_page_rows // per_bucket))
         while start + span * seconds <= last:
-            queries.append(self.params(window, start + span * seconds, span))
+            yield self.params(window, start + span * seconds, span)
             start += span * seconds
-        queries.append(self.params(Window(start, window.horizon, window.baseline), None, span))
-        return queries
+        yield self.params(Window(start, window.horizon, window.baseline), None, span)
 
     def _read_bucket(self, reading: Reading, bucket: Any, now: float) -> None:
         if not isinstance(bucket, dict) or not isinstance(bucket.get('results'), list):
