@@ -532,15 +532,19 @@ def test_a_cost_without_a_usable_amount_is_not_reported_and_spares_the_rest():
         _cost('p2', None),
         _cost('p3', {'value': 2.0, 'currency': 'usd'}),
         _cost('p4', {'value': 0.25}),  # no currency: OpenAI bills in usd
+        _cost('p5', {'value': 1.0, 'currency': None}),  # a null currency: as none
+        _cost('p6', {'value': True, 'currency': 'usd'}),  # a boolean is no amount
+        _cost('p7', {'value': [3.0], 'currency': 'usd'}),
     ]
     result = c.run(PagesClient([bucket(T0, *rows, width=86400)]), ledger, T0 + 2 * H)
     assert result.complete
     assert totals(result.counts) == {
         ('openai.api.costs.amount', tuple(['p3', 'x', 'usd'])): 2.0,
         ('openai.api.costs.amount', tuple(['p4', 'x', ''])): 0.25,
+        ('openai.api.costs.amount', tuple(['p5', 'x', ''])): 1.0,
     }
-    assert result.month_totals == {'usd': 2.25}
-    assert result.project_month_totals == {('usd', 'p3'): 2.0, ('usd', 'p4'): 0.25}
+    assert result.month_totals == {'usd': 3.25}
+    assert result.project_month_totals == {('usd', 'p3'): 2.0, ('usd', 'p4'): 0.25, ('usd', 'p5'): 1.0}
 
 
 def _state3(**changes):
