@@ -62,9 +62,8 @@ def path_reader(path: tuple[str, ...]) -> Callable[[dict], Any]:
     return read
 
 
-def _field_value(row: dict, f: Field) -> float | int | None:
-    if f.path:
-        return number(dig(row, f.path))
+def _aliased_value(row: dict, f: Field) -> float | int | None:
+    """A field older responses name otherwise (`sessions` before `num_sessions`): the first name present."""
     for key in f.keys:
         value = row.get(key)
         if value is not None:
@@ -97,7 +96,7 @@ def values_reader(fields: Iterable[Field]) -> Callable[[dict], Values]:
     keys = tuple(f.name for f in fields)
     # Per field read apart (nested, or named otherwise in older responses): its slot and its reader.
     special = tuple(
-        (i, path_reader(f.path) if f.path else (lambda row, f=f: _field_value(row, f)))
+        (i, path_reader(f.path) if f.path else (lambda row, f=f: _aliased_value(row, f)))
         for i, f in enumerate(fields)
         if f.path or f.aliases
     )
