@@ -454,6 +454,21 @@ def test_a_minified_page_longer_than_the_quoted_window_is_still_quoted(hostile, 
     assert any('{"detail":"upstream-overloaded,upstream-overloaded,' in w for w in check.warnings), check.warnings
 
 
+@pytest.mark.parametrize(
+    'body, says',
+    [
+        (b'', '(empty body)'),
+        (b' \n\t ' * 50, '(empty body)'),  # blanks only, within the quoted window
+        (b'Z' * 2000, '(a body with no break in its first bytes)'),  # one token longer than the window: cut, so dropped
+    ],
+)
+def test_an_error_page_with_nothing_to_quote_says_what_it_was(body, says, hostile, make, dd_run_check):
+    hostile.respond = lambda request: Reply(502, body, {'Content-Type': 'text/plain'})
+    check = make(max_retries=0)
+    dd_run_check(check)
+    assert any(says in w for w in check.warnings), check.warnings
+
+
 def test_an_encoding_the_check_cannot_bound_is_refused(hostile, make, dd_run_check):
     hostile.respond = growing_page(headers={'Content-Encoding': 'br'})
     check = make()
