@@ -358,14 +358,15 @@ class OpenAIClient:
         """The start of a body for a message, scrubbed: a gateway may echo the request's headers."""
         window = size * 4
         head = content[:window].decode('utf-8', 'replace')
-        if len(content) > window:
+        cut = len(content) > window
+        if cut:
             # The window may have cut a key or a token in two, and half a key is not recognised: what it kept of the
             # last one goes (a minified page keeps what is before its last delimiter).
             head = _CUT_TOKEN.sub('', head)
         text = self.scrubber.text(printable(' '.join(head.split())))
         if not text:
-            return 'empty body' if len(content) <= window else 'a body with no break in its first bytes'
-        if len(text) <= size and len(content) <= window:
+            return 'a body with no break in its first bytes' if cut else 'empty body'
+        if len(text) <= size and not cut:
             return text
         return self.scrubber.text(text[:size]) + '...'
 
