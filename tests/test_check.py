@@ -455,6 +455,60 @@ def test_series_whose_tags_come_out_the_same_count_as_one_context(
     assert reported < len({(metric, key) for metric, _, _, key in result.counts})  # the series that merged count once
 
 
+def test_the_cyclic_collector_is_paused_while_a_source_reads_and_submits_and_restored_even_when_it_fails(
+    clock, sim, make_check, dd_run_check, monkeypatch
+):
+    import gc
+
+    from datadog_checks.openai.sources.usage import UsageSource
+
+    reading, submitting = [], []
+    read = UsageSource._read_bucket
+    broken = set()
+
+    def spy(self, *args):
+        reading.append((self.name, gc.isenabled()))
+        if self.name in broken:
+            raise RuntimeError('a bug')
+        return read(self, *args)
+
+    monkeypatch.setattr(UsageSource, '_read_bucket', spy)
+    check = make_check(usage_endpoints=['completions', 'embeddings'], collect_costs=False)
+    count = check.count
+
+    def counted(name, *args, **kwargs):
+        if name.startswith('openai.api.usage.'):
+            submitting.append(gc.isenabled())
+        return count(name, *args, **kwargs)
+
+    check.count = counted
+    clock.advance(30 * H)
+    dd_run_check(check)
+    clock.advance(300)
+    dd_run_check(check)
+    assert {name for name, _ in reading} == {'completions', 'embeddings'}
+    assert [on for _, on in reading] == [False] * len(reading)
+    assert len(submitting) > 0 and not any(submitting)
+    assert gc.isenabled()
+
+    # A source that fails unexpectedly gives the collector back; the next source reads as before.
+    broken.add('completions')
+    reading.clear()
+    clock.advance(300)
+    dd_run_check(check)
+    assert [name for name, _ in reading][0] == 'completions' and 'embeddings' in {n for n, _ in reading}
+    assert gc.isenabled()
+
+    # A host that runs with the collector off keeps it off.
+    gc.disable()
+    try:
+        clock.advance(300)
+        dd_run_check(check)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_a_slow_project_listing_cannot_starve_the_usage_endpoints(clock, sim, make_check, dd_run_check, aggregator):
     # Every projects listing rate limited with a long Retry-After, and retries allowed for a long time: names stop
     # within their quarter of the time budget (60 of 240 s: one wait of 50 s, then the next would pass it).

@@ -19,7 +19,7 @@ from .catalogue import CAN_CONNECT, CONTEXTS, LOGS_SENT, SERIES, SERVICE_CHECK, 
 from .client import ACCEPT_ENCODING, AuthError, OpenAIClient, TimeBudget
 from .config_models import ConfigMixin, InstanceConfig
 from .config_models import validators as rules
-from .memory import RELEASE_AFTER_ROWS, release_freed_memory
+from .memory import RELEASE_AFTER_ROWS, cyclic_collector_paused, release_freed_memory
 from .scrub import Scrubber, install_log_filter
 from .sources import NameSource, Outcome, Run, Source, StateStore, build_headroom_sources, build_sources
 from .tags import TagBuilder
@@ -219,12 +219,13 @@ class OpenAICheck(AgentCheck, ConfigMixin):
 
     def collect(self, source: Source, run: Run) -> Outcome | None:
         try:
-            outcome = source.collect(run)
-            if outcome.error is not None:
-                # Its traceback holds the frames of the failed read, a refused body among their locals, for the
-                # rest of the run: the message is all the health report needs.
-                outcome.error.__traceback__ = None
-            self.commit(source, outcome)
+            with cyclic_collector_paused():
+                outcome = source.collect(run)
+                if outcome.error is not None:
+                    # Its traceback holds the frames of the failed read, a refused body among their locals, for the
+                    # rest of the run: the message is all the health report needs.
+                    outcome.error.__traceback__ = None
+                self.commit(source, outcome)
             return outcome
         except Exception as e:
             # A bug or a response shape nobody foresaw must not cost the other sources their run. What the
