@@ -547,6 +547,49 @@ def test_a_cost_without_a_usable_amount_is_not_reported_and_spares_the_rest():
     assert result.project_month_totals == {('usd', 'p3'): 2.0, ('usd', 'p4'): 0.25, ('usd', 'p5'): 1.0}
 
 
+def test_costs_rows_of_every_shape_read_alike_in_the_common_layout_and_the_careful_one():
+    # Rows with every entry present take the fast path (no Python call per row); any odd value falls back to the
+    # careful one, which must give what it gives for the same row without a quantity (the test above).
+    c = Collector('costs', '1d', ('project_id', 'line_item'))
+    ledger = c.run(PagesClient([bucket(T0, width=86400)]), None, T0 + H).ledger
+
+    def cost(project, amount, quantity):
+        return dict(_cost(project, amount), quantity=quantity, quantity_unit='tokens')
+
+    rows = [
+        cost('p1', {'value': 2.0, 'currency': 'usd'}, 10),
+        cost('p2', {'value': '1.5', 'currency': 'usd'}, '4'),  # numbers as strings
+        cost('p3', {'value': 0.5, 'currency': None}, 1),  # a null currency
+        cost('p4', {'value': 0.25, 'currency': 7}, 2),  # a currency that is no string: as text
+        cost(None, {'value': 0.75, 'currency': 'usd'}, 3),  # no project: no tag
+        cost(5, {'value': 1.0, 'currency': 'usd'}, 6),  # a numeric project id: as text
+        cost('p6', {'value': True, 'currency': 'usd'}, 7),  # a boolean is no amount; the quantity stands
+        cost('p7', 'text', 8),  # an amount that is no object
+        cost('p8', {'currency': 'usd'}, 9),  # no value
+    ]
+    result = c.run(PagesClient([bucket(T0, *rows, width=86400)]), ledger, T0 + 2 * H)
+    assert result.complete
+    amount, quantity = 'openai.api.costs.amount', 'openai.api.costs.quantity'
+    assert totals(result.counts) == {
+        (amount, ('p1', 'x', 'usd')): 2.0,
+        (quantity, ('p1', 'x', 'usd', 'tokens')): 10,
+        (amount, ('p2', 'x', 'usd')): 1.5,
+        (quantity, ('p2', 'x', 'usd', 'tokens')): 4.0,
+        (amount, ('p3', 'x', '')): 0.5,
+        (quantity, ('p3', 'x', '', 'tokens')): 1,
+        (amount, ('p4', 'x', '7')): 0.25,
+        (quantity, ('p4', 'x', '7', 'tokens')): 2,
+        (amount, ('', 'x', 'usd')): 0.75,
+        (quantity, ('', 'x', 'usd', 'tokens')): 3,
+        (amount, ('5', 'x', 'usd')): 1.0,
+        (quantity, ('5', 'x', 'usd', 'tokens')): 6,
+        (quantity, ('p6', 'x', 'usd', 'tokens')): 7,
+        (quantity, ('p7', 'x', '', 'tokens')): 8,
+        (quantity, ('p8', 'x', 'usd', 'tokens')): 9,
+    }
+    assert result.month_totals == {'usd': 5.75, '7': 0.25}  # a null currency is usd, as OpenAI bills
+
+
 def _state3(**changes):
     """The same state in format 3, each series key a list of its dimension values."""
     state = json.loads(_state(v=3, series=[['m'], ['n']]))

@@ -253,18 +253,22 @@ class CostsSource(UsageSource):
 
     def _note_bill(self, day: Day, current: dict, rejected: list) -> None:
         bad = set(rejected)
-        lines, projects = day.lines, day.bill_projects
+        lines, projects, unit_of = day.lines, day.bill_projects, self.units.get
         amount, quantity = self.amount_slot, self.quantity_slot
         currency_slot, project_slot, item_slot = self.currency_slot, self.project_slot, self.line_item_slot
         for key, values in current.items():
             value = values[amount]
-            if key in bad or value is None:
+            if value is None or key in bad:
                 continue
             currency = key[currency_slot] or 'usd'
             if project_slot is not None:
-                projects[(key[project_slot], currency)] = projects.get((key[project_slot], currency), 0.0) + value
+                project = (key[project_slot], currency)
+                projects[project] = projects.get(project, 0.0) + value
             if item_slot is not None and key[item_slot]:
-                line = lines.setdefault((key[item_slot], self.units.get(key, ''), currency), [0.0, 0.0])
+                item = (key[item_slot], unit_of(key, ''), currency)
+                line = lines.get(item)
+                if line is None:
+                    line = lines[item] = [0.0, 0.0]
                 line[0] += value
                 line[1] += values[quantity] or 0
 

@@ -118,7 +118,24 @@ def values_reader(fields: Iterable[Field]) -> Callable[[dict], Values]:
             return values
         return tuple(map(number, values))
 
-    return read
+    # One field nested in the entry of its own name, as costs' amount.value: read in place, without a Python call.
+    nested = [(i, f.path[1]) for i, f in enumerate(fields) if len(f.path) == 2 and f.path[0] == f.name]
+    if len(special) != 1 or len(nested) != 1:
+        return read
+    ((slot, inner),) = nested
+    after = slot + 1
+
+    def read_nested(row: dict) -> Values:
+        try:
+            values = get_all(row)
+            values = values[:slot] + (values[slot][inner],) + values[after:]
+        except (KeyError, TypeError):
+            return read(row)
+        if plain(map(type, values)):
+            return values
+        return tuple(map(number, values))
+
+    return read_nested
 
 
 def valid_values(values: Values) -> bool:
@@ -158,7 +175,22 @@ def key_reader(group_by: tuple[str, ...], fixed_dims: tuple[tuple[str, tuple[str
             parts.append(v if v.__class__ is str else encode(v))
         return tuple(parts)
 
-    return key_with_fixed
+    if not group_by or len(paths) != 1 or len(paths[0]) != 2:
+        return key_with_fixed
+    # One fixed dimension nested in the row, as costs' amount.currency: the common case without a Python call.
+    get_group = _getter(group_by)
+    ((outer, inner),) = paths
+    separator = NULL.join
+
+    def key_one_fixed(row: dict) -> Key:
+        try:
+            key = get_group(row) + (row[outer][inner],)
+            separator(key)  # a TypeError unless every value is a string
+            return key
+        except (KeyError, TypeError):
+            return key_with_fixed(row)
+
+    return key_one_fixed
 
 
 def aggregate(results: list, key_of: Callable[[dict], Key], read_values) -> tuple[dict[Key, Values], int]:
