@@ -74,6 +74,7 @@ def _aliased_value(row: dict, f: Field) -> float | int | None:
 # The types a field's value usually has: taken as they are. Anything else (a string amount, a boolean,
 # a nested object) goes through number().
 _PLAIN = frozenset({int, float, type(None)})
+_STRINGS = frozenset({str})
 
 
 def _getter(names: tuple[str, ...]) -> Callable[[dict], tuple]:
@@ -156,15 +157,17 @@ def key_reader(group_by: tuple[str, ...], fixed_dims: tuple[tuple[str, tuple[str
 
     if not paths:
         get_all = _getter(group_by)
-        separator = NULL.join
+        strings = _STRINGS.issuperset
 
         def key(row: dict) -> Key:
             try:
                 plain = get_all(row)
-                separator(plain)  # a TypeError unless every value is a string
-                return plain
-            except (KeyError, TypeError):
+            except KeyError:
                 return tuple([v if v.__class__ is str else encode(v) for v in map(row.get, group_by)])
+            if strings(map(type, plain)):
+                return plain
+            # Completions' `batch` is a boolean in every row: converted without raising (and catching) an error per row.
+            return tuple([v if v.__class__ is str else encode(v) for v in plain])
 
         return key
 
