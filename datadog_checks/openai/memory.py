@@ -50,7 +50,7 @@ def cyclic_collector_paused() -> Iterator[None]:
     """Python's cyclic garbage collector off while a source reads, compares and submits, then as it was.
 
     A decoded page is hundreds of thousands of dicts, each a tracked object: while they pile up, the collector
-    runs full collections that walk all of them again and again (7 or 8 a run, 0.7 s of the benchmark's 6 s at
+    runs full collections that walk all of them again and again (8 a run, 0.45 s of the benchmark's 5.7 s at
     20,000 series), and finds nothing, since reading a page makes no reference cycles; the rows are freed by
     their reference counts. Paused only for one source at a time and restored even when the read fails, so the
     Agent's other checks (same interpreter) lose at most that long of cycle collection, and a host that turned
