@@ -469,6 +469,25 @@ def test_an_error_page_with_nothing_to_quote_says_what_it_was(body, says, hostil
     assert any(says in w for w in check.warnings), check.warnings
 
 
+@pytest.mark.parametrize(
+    'body, quoted',
+    [
+        (b'Bad gateway', 'Bad gateway'),  # whole, with nothing added
+        (b'x' * 120, 'x' * 120),  # exactly as long as a quote may be: whole
+        (b'gateway ' * 25, 'gateway ' * 15 + '...'),  # 200 bytes: its first 120 characters, then an ellipsis
+    ],
+)
+def test_an_error_page_is_quoted_whole_up_to_120_characters_and_cut_with_an_ellipsis_beyond(
+    body, quoted, hostile, make, dd_run_check
+):
+    hostile.respond = lambda request: Reply(502, body, {'Content-Type': 'text/plain'})
+    check = make(max_retries=0)
+    dd_run_check(check)
+    assert any(f'OpenAI answered 502 on /organization/usage/completions ({quoted}).' in w for w in check.warnings), (
+        check.warnings
+    )
+
+
 def test_an_encoding_the_check_cannot_bound_is_refused(hostile, make, dd_run_check):
     hostile.respond = growing_page(headers={'Content-Encoding': 'br'})
     check = make()
