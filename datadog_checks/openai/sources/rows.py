@@ -41,18 +41,10 @@ def number(value: Any) -> float | int | None:
     return None
 
 
-def dig(row: dict, path: tuple[str, ...]) -> Any:
-    value = row
-    for step in path:
-        value = value.get(step) if isinstance(value, dict) else None
-    return value
-
-
 def path_reader(path: tuple[str, ...]) -> Callable[[dict], Any]:
-    """row -> dig(row, path), without a Python call per step for the nested pair costs rows have
-    (`amount.value`, `amount.currency`): costs are a large organization's widest pages."""
-    if len(path) != 2:
-        return lambda row: dig(row, path)
+    """row -> the value at `path` (an entry of an object in the row, as costs' `amount.value` and `amount.currency`),
+    None where the row has no such object or entry. OpenAI nests no field deeper: a catalogue entry that did would
+    fail here, when the check starts, rather than be read wrong."""
     outer, inner = path
 
     def read(row: dict) -> Any:
