@@ -440,6 +440,22 @@ def test_a_one_hour_revision_window_still_gets_every_revision(org, clock, sim, m
     assert [int(r.param('start_time')) for r in last] == [floor_to(clock.now() - 300 - H, H)]
 
 
+def test_endpoints_grouped_by_nothing_sum_to_openai_figures_as_one_series(org, clock, sim, make_check, dd_run_check):
+    # Found by mutation testing: with an empty group_by every row's key is the empty tuple (one series per bucket,
+    # tagged with the account alone), which no other test reads.
+    group_by = {'embeddings': [], 'completions': []}
+    check = make_check(usage_endpoints=['embeddings', 'completions'], collect_costs=False, group_by=group_by)
+    for _ in range(24):
+        dd_run_check(check)
+        clock.advance(300)
+    dd_run_check(check)
+    assert check.warnings == []
+    for name in group_by:
+        (key,) = submitted_totals(name, ())  # one series, of no dimension
+        assert key == () and submitted_totals(name, ())[()]['num_model_requests'] > 0
+    assert_exact(org, clock.now(), endpoints=('embeddings', 'completions'), group_by=group_by)
+
+
 def test_a_cluster_check_restarted_on_its_runner_goes_on_from_its_state(org, clock, sim, make_check, dd_run_check):
     # Found by mutation testing: only a state older than three collection intervals is another runner's.
     options = dict(empty_default_hostname=True, usage_endpoints=['completions'], collect_costs=False)
