@@ -142,48 +142,45 @@ def valid_values(values: Values) -> bool:
     return True
 
 
-def key_reader(group_by: tuple[str, ...], fixed_dims: tuple[tuple[str, tuple[str, ...]], ...]) -> Callable[[dict], Key]:
-    """row -> series key: the value of each group_by dimension, then of each fixed one (the currency)."""
-    paths = tuple(path for _, path in fixed_dims)
-    readers = tuple(path_reader(path) for path in paths)
+def _as_text(values: Iterable[Any]) -> Key:
+    """A series key from dimension values as a row has them: strings as they are, anything else encoded."""
+    return tuple([v if v.__class__ is str else encode(v) for v in values])
 
-    if not paths:
-        get_all = _getter(group_by)
-        strings = _STRINGS.issuperset
+
+def key_reader(group_by: tuple[str, ...], fixed_dims: tuple[tuple[str, tuple[str, ...]], ...]) -> Callable[[dict], Key]:
+    """row -> series key: the value of each group_by dimension, then of each fixed one (the currency).
+
+    The common case (every entry present) takes the values with C-level calls and checks that they are all strings
+    without raising an error per row: completions' `batch` is a boolean in every row."""
+    readers = tuple(path_reader(path) for _, path in fixed_dims)
+    get_group = _getter(group_by)
+    strings = _STRINGS.issuperset
+
+    def careful(row: dict) -> Key:
+        return _as_text([*map(row.get, group_by), *(read(row) for read in readers)])
+
+    if not readers:
 
         def key(row: dict) -> Key:
             try:
-                plain = get_all(row)
+                plain = get_group(row)
             except KeyError:
-                return tuple([v if v.__class__ is str else encode(v) for v in map(row.get, group_by)])
-            if strings(map(type, plain)):
-                return plain
-            # Completions' `batch` is a boolean in every row: converted without raising (and catching) an error per row.
-            return tuple([v if v.__class__ is str else encode(v) for v in plain])
+                return careful(row)
+            return plain if strings(map(type, plain)) else _as_text(plain)
 
         return key
 
-    def key_with_fixed(row: dict) -> Key:
-        parts = [v if v.__class__ is str else encode(v) for v in map(row.get, group_by)]
-        for read in readers:
-            v = read(row)
-            parts.append(v if v.__class__ is str else encode(v))
-        return tuple(parts)
-
-    if not group_by or len(paths) != 1 or len(paths[0]) != 2:
-        return key_with_fixed
-    # One fixed dimension nested in the row, as costs' amount.currency: the common case without a Python call.
-    get_group = _getter(group_by)
-    ((outer, inner),) = paths
-    separator = NULL.join
+    if not group_by or len(readers) != 1:
+        return careful
+    # One fixed dimension nested in the row, as costs' amount.currency.
+    ((_, (outer, inner)),) = fixed_dims
 
     def key_one_fixed(row: dict) -> Key:
         try:
-            key = get_group(row) + (row[outer][inner],)
-            separator(key)  # a TypeError unless every value is a string
-            return key
-        except (KeyError, TypeError):
-            return key_with_fixed(row)
+            plain = get_group(row) + (row[outer][inner],)
+        except (KeyError, TypeError):  # no such entry, or no object where the entry would be
+            return careful(row)
+        return plain if strings(map(type, plain)) else _as_text(plain)
 
     return key_one_fixed
 
