@@ -112,7 +112,7 @@ def values_reader(fields: Iterable[Field]) -> Callable[[dict], Values]:
         return tuple(map(number, values))
 
     # One field nested in the entry of its own name, as costs' amount.value: read in place, without a Python call.
-    nested = [(i, f.path[1]) for i, f in enumerate(fields) if len(f.path) == 2 and f.path[0] == f.name]
+    nested = [(i, f.path[1]) for i, f in enumerate(fields) if f.path and f.path[0] == f.name]
     if len(special) != 1 or len(nested) != 1:
         return read
     ((slot, inner),) = nested
