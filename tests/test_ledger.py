@@ -815,3 +815,64 @@ def test_a_ledger_of_no_dimension_reads_back():
     ledger = Ledger(shape, 0, 1.0, {0: {(): (1.5, None)}, 86400: {(): (2.5, 7)}})
     again = Ledger.loads(ledger.dumps()[0])
     assert {s: dict(b.items()) for s, b in again.buckets.items()} == {0: {(): (1.5, None)}, 86400: {(): (2.5, 7)}}
+
+
+def test_a_bucket_whose_rows_did_not_change_is_not_compared_again(monkeypatch):
+    """Most of a window has stopped changing: a bucket whose rows are those it was last compared with is skipped
+    (its series not read into keys again), its malformed rows still counted; a bucket whose rows changed, even by
+    one figure with as many rows, is compared; after a restart (the digests are not saved), every bucket is."""
+    c = completions()
+    read = []
+    key_of = c.source.key_of
+
+    def spying(r):
+        read.append(r['model'])
+        return key_of(r)
+
+    c.source.key_of = spying
+    older = bucket(T0, row('a', 10))
+    newer = bucket(T0 + H, row('b', 5), 'not a row')
+    ledger = c.run(PagesClient([older, newer]), None, T0 + H + 60).ledger
+    assert read == ['a', 'b']
+    read.clear()
+    again = c.run(PagesClient([older, newer]), ledger, T0 + H + 360)
+    assert (read, again.counts, again.malformed) == ([], [], 1)
+    revised = bucket(T0 + H, row('b', 7), 'not a row')
+    result = c.run(PagesClient([older, revised]), ledger, T0 + H + 660)
+    assert read == ['b'] and totals(result.counts) == {(IN, ('b',)): 2} and result.malformed == 1
+    read.clear()
+    restarted = c.run(PagesClient([older, revised]), Ledger.loads(ledger.dumps()[0]), T0 + H + 960)
+    assert read == ['a', 'b'] and restarted.counts == []
+    # Rows whose digest cannot be made are compared, and the bucket they write to forgets its digest: the rows it
+    # was compared with before are no longer what it holds, so they are compared again when they come back.
+    ledger = restarted.ledger
+    monkeypatch.setattr('datadog_checks.openai.sources.usage.digest', lambda results: None)
+    back = c.run(PagesClient([older, newer]), ledger, T0 + H + 1260)
+    assert totals(back.counts) == {(IN, ('b',)): -2}
+    monkeypatch.undo()
+    forward = c.run(PagesClient([older, revised]), ledger, T0 + H + 1560)
+    assert totals(forward.counts) == {(IN, ('b',)): 2}
+    # The digests leave with their buckets, empty ones too.
+    late = T0 + 9 * H
+    c.run(PagesClient([bucket(late - H), bucket(late)]), ledger, late + 60)
+    assert sorted(ledger.digests) == [late - H, late] and min(ledger.buckets, default=late) >= ledger.horizon
+
+
+def test_a_digest_of_rows_tells_apart_what_reads_apart():
+    from datadog_checks.openai.sources.rows import digest
+
+    rows = [row('a', 1, requests=2), row('b', 3)]
+    assert digest(rows) == digest(json.loads(json.dumps(rows)))
+    others = [
+        [row('a', 1, requests=2)],
+        [row('a', 1.0, requests=2), row('b', 3)],
+        [row('a', None, requests=2), row('b', 3)],
+        [row('b', 3), row('a', 1, requests=2)],
+        [dict(reversed(list(row('a', 1, requests=2).items()))), row('b', 3)],
+        [row('a', 1, requests=2, batch=True), row('b', 3)],
+        [row('a', 1, requests=2, batch='true'), row('b', 3)],
+    ]
+    assert len({digest(rows)} | {digest(o) for o in others}) == len(others) + 1
+    # A bucket larger than the rows encoded at a time: a change in its last slice shows.
+    many = [row(f'm{i}', i) for i in range(4_500)]
+    assert digest(many) != digest(many[:-1] + [row('m4499', 4_498)])

@@ -99,6 +99,8 @@ class Change:
         self.cells: dict[int, tuple[array, array]] = {}
         # The saved form of each bucket once the change is applied, when dumps() made it (see Ledger._fragments).
         self.fragments: dict[int, bytes] | None = None
+        # bucket start -> the digest of the rows read and how many of them were malformed (see Ledger.digests).
+        self.digests: dict[int, tuple[bytes, int]] = {}
 
     def index_of_new(self, key: Key) -> int:
         g = self.new_index.get(key)
@@ -233,6 +235,10 @@ class Ledger:
         # progress), and turning a bucket's numbers back into JSON is most of the cost of saving it. Dropped when
         # the bucket is written to or the table renumbered.
         self._fragments: dict[int, bytes] = {}
+        # Per bucket, a digest of the rows it was last compared with and how many of them were malformed: rows
+        # equal to those change nothing (comparing them again records what the bucket holds already), so a run
+        # skips most of its window, which stopped changing. Not saved: after a restart every bucket is compared.
+        self.digests: dict[int, tuple[bytes, int]] = {}
         for start, cells in (buckets or {}).items():
             self._fill(start, [self._intern(key) for key in cells], [_flat(self._pad(v)) for v in cells.values()])
 
@@ -367,6 +373,8 @@ class Ledger:
                 self._intern(key)
         for start, (indices, slots) in change.cells.items():
             self._write(start, indices, slots)
+            self.digests.pop(start, None)  # written from rows of no known digest
+        self.digests.update(change.digests)
         self.horizon = max(self.horizon, change.horizon)
         self.read_at = change.read_at
         if prune:
@@ -376,6 +384,9 @@ class Ledger:
                 self._fragments.pop(start, None)
             if pruned:
                 self._reindex()
+            # Also of buckets that held no series (no column to prune).
+            for start in [s for s in self.digests if s < self.horizon]:
+                del self.digests[start]
             if change.fragments is not None:
                 # dumps(change) made them from this very ledger with this change applied: they hold as they are.
                 self._fragments = change.fragments

@@ -89,6 +89,9 @@ class Bill:
 
 
 class CostsSource(UsageSource):
+    # Every day read is summed into the month's figures and the bill (bucket_read), changed or not.
+    skips_unchanged = False
+
     def window_start(self, now: float, seconds: int) -> int:
         return min(month_start(now), self._revised(now), rate_window(now)[0])
 

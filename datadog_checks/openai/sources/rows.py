@@ -6,14 +6,34 @@ C-level calls and no Python call per field; the rest falls back to the careful p
 
 from __future__ import annotations
 
+import hashlib
 from operator import itemgetter
 from typing import Any, Callable, Iterable
+
+from datadog_checks.base.utils.format import json
 
 from ..catalogue import Field
 from ..ledger import MAX_VALUE, Key, Values
 
 # A dimension OpenAI did not group by (a null value) is this in a key, and no tag.
 NULL = ''
+
+
+# Rows encoded at a time for a digest: a large bucket's whole text would be megabytes held at once.
+DIGEST_ROWS = 2_000
+
+
+def digest(results: list) -> bytes | None:
+    """A digest of a bucket's rows as they were decoded, None for rows the encoder cannot write back. Encoding
+    decoded JSON gives equal texts for equal rows (same keys in the same order, same values) and different ones
+    otherwise, and costs a fraction of reading the rows into keys and comparing them with the ledger."""
+    h = hashlib.sha256()
+    try:
+        for i in range(0, len(results), DIGEST_ROWS):
+            h.update(json.encode_bytes(results[i : i + DIGEST_ROWS]))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return h.digest()
 
 
 def encode(value: Any) -> str:

@@ -20,7 +20,7 @@ from ..client import ApiError, BadResponse, RequestRefused, TooLarge
 from ..ledger import ABSENT, UNREPORTED, BucketView, Change, Key, LazyCells, Ledger, Values, shape_of
 from ..memory import RELEASE_AFTER_ROWS, release_freed_memory
 from .base import Outcome, Run, Source, StateStore
-from .rows import aggregate, key_reader, valid_values, values_reader
+from .rows import aggregate, digest, key_reader, valid_values, values_reader
 
 # The most result rows the check asks for in one page, when it knows how many a bucket holds. A decoded row takes
 # about 1 KB in memory (and 600 bytes of JSON before that), so a page of this many rows costs the Agent some
@@ -115,6 +115,9 @@ class Reading:
 
 
 class UsageSource(Source):
+    # A bucket whose rows are those it was last compared with is not compared again (Ledger.digests).
+    skips_unchanged = True
+
     def __init__(
         self,
         endpoint: Endpoint,
@@ -308,14 +311,20 @@ class UsageSource(Source):
             # ledger no longer holds what was submitted for this bucket, which is final for it. Compared with
             # nothing, it would be submitted again at every run until the window passed the horizon.
             return
-        current, malformed = aggregate(results, self.key_of, self.read_flows)
-        reading.malformed += malformed
         base, change = reading.base, reading.change
+        rows = digest(results) if self.skips_unchanged else None
+        known = base.digests.get(start)
+        if rows is not None and known is not None and known[0] == rows:
+            reading.malformed += known[1]  # the same malformed rows as then
+            return
+        current, malformed = aggregate(results, self.key_of, self.read_flows)
         first = len(reading.counts) if reading.counts is not None else 0
         rejected = self._diff(start, current, reading)
         if reading.counts is not None and len(reading.counts) > first:
             reading.spans.append((start, first, len(reading.counts)))
-        reading.malformed += len(rejected)
+        reading.malformed += malformed + len(rejected)
+        if rows is not None:
+            change.digests[start] = (rows, malformed + len(rejected))
         submitted = BucketView(base, start) if start in base.buckets else {}
         changed = LazyCells(lambda: change.bucket(start, base.width, base.key_of(change)))
         self.bucket_read(start, current, submitted, changed, rejected, now)
