@@ -876,3 +876,41 @@ def test_a_digest_of_rows_tells_apart_what_reads_apart():
     # A bucket larger than the rows encoded at a time: a change in its last slice shows.
     many = [row(f'm{i}', i) for i in range(4_500)]
     assert digest(many) != digest(many[:-1] + [row('m4499', 4_498)])
+
+
+def test_a_day_of_costs_whose_rows_did_not_change_adds_to_the_month_what_it_added_when_compared():
+    c = Collector('costs', '1d', ('project_id', 'line_item'))
+    read = []
+    key_of = c.source.key_of
+
+    def spying(r):
+        read.append(r['project_id'])
+        return key_of(r)
+
+    c.source.key_of = spying
+
+    def cost(project, value):
+        item = 'gpt-4o, input'
+        return {'amount': {'value': value, 'currency': 'usd'}, 'project_id': project, 'line_item': item}
+
+    day1, day2 = bucket(T0, cost('p1', 1.25), width=86400), bucket(T0 + 86400, cost('p2', 2.0), width=86400)
+    now = T0 + 86400 + H
+    first = c.run(PagesClient([day1, day2]), None, now)
+    read.clear()
+    same = c.run(PagesClient([day1, day2]), first.ledger, now + 300)
+    assert read == [] and same.counts == []
+    assert same.month_totals == {'usd': 3.25} and same.project_month_totals == {('usd', 'p1'): 1.25, ('usd', 'p2'): 2}
+    assert same.outcome.facts['bill'] == first.outcome.facts['bill']
+    # A run cut short keeps no day's figures: the day it compared is compared again, not taken as it was kept.
+    day1b = bucket(T0, cost('p1', 1.75), width=86400)
+    cut = c.run(PagesClient([day1b], [day2], fail_after=1), same.ledger, now + 600)
+    assert not cut.complete and totals(cut.counts) == {('openai.api.costs.amount', ('p1', 'gpt-4o, input', 'usd')): 0.5}
+    read.clear()
+    after = c.run(PagesClient([day1b], [day2]), cut.ledger, now + 900)
+    assert read == ['p1'] and after.counts == []
+    assert after.month_totals == {'usd': 3.75} and after.project_month_totals == {('usd', 'p1'): 1.75, ('usd', 'p2'): 2}
+    # A day the source no longer keeps figures of is compared whatever its digest.
+    del c.source.kept[T0 + 86400]
+    read.clear()
+    lost = c.run(PagesClient([day1b], [day2]), after.ledger, now + 1200)
+    assert read == ['p2'] and lost.month_totals == {'usd': 3.75}

@@ -89,9 +89,6 @@ class Bill:
 
 
 class CostsSource(UsageSource):
-    # Every day read is summed into the month's figures and the bill (bucket_read), changed or not.
-    skips_unchanged = False
-
     def window_start(self, now: float, seconds: int) -> int:
         return min(month_start(now), self._revised(now), rate_window(now)[0])
 
@@ -158,6 +155,10 @@ class CostsSource(UsageSource):
         days.update((day, sums.settled(strings)) for day, sums in self.read.items())
         self.read.clear()
         self._pending = (days, run.now if self.full_read else self.kept_at) if outcome.complete else None
+        if not outcome.complete and outcome.change is not None:
+            # The days of a run cut short are not kept (a day is kept with its whole window), so a day compared then
+            # must be compared again: see kept_from_then.
+            outcome.change[1].digests.clear()
         outcome.facts['bill'] = Bill(
             {day: sums.lines for day, sums in days.items()},
             {day: sums.bill_projects for day, sums in days.items()},
@@ -227,6 +228,11 @@ class CostsSource(UsageSource):
         if day is None:
             day = self.read[start] = Day()
         return day
+
+    def kept_from_then(self, start: int) -> bool:
+        # A day's digest is recorded only by a complete run (collect), which keeps its figures with it: a day of the
+        # same rows adds what the kept day adds, to the month and to the bill.
+        return start in self.kept
 
     def bucket_read(self, start: int, current: dict, submitted: dict, changed: dict, rejected: list, now: float):
         day = self._day(start)

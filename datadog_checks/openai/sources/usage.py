@@ -314,7 +314,7 @@ class UsageSource(Source):
         base, change = reading.base, reading.change
         rows = digest(results) if self.skips_unchanged else None
         known = base.digests.get(start)
-        if rows is not None and known is not None and known[0] == rows:
+        if rows is not None and known is not None and known[0] == rows and self.kept_from_then(start):
             reading.malformed += known[1]  # the same malformed rows as then
             return
         current, malformed = aggregate(results, self.key_of, self.read_flows)
@@ -400,6 +400,10 @@ class UsageSource(Source):
         if None in new:
             return [UNREPORTED if v is None else v for v in new]
         return new
+
+    def kept_from_then(self, start: int) -> bool:
+        """Whether what a subclass derives from a bucket (bucket_read) is kept from when its rows were compared."""
+        return True
 
     def bucket_read(self, start: int, current: dict, submitted: dict, changed: dict, rejected: list, now: float):
         """A hook for what a subclass derives from each bucket once it is compared (costs: the month's total)."""
