@@ -26,7 +26,9 @@ DIGEST_ROWS = 2_000
 def digest(results: list) -> bytes | None:
     """A digest of a bucket's rows as they were decoded, None for rows the encoder cannot write back. Encoding
     decoded JSON gives equal texts for equal rows (same keys in the same order, same values) and different ones
-    otherwise, and costs a fraction of reading the rows into keys and comparing them with the ledger."""
+    otherwise, and costs a fraction of reading the rows into keys and comparing them with the ledger. (Written back
+    by the JSON module that decoded them, as the Agent has it: orjson, which would write a NaN as null, never decodes
+    one.)"""
     h = hashlib.sha256()
     try:
         for i in range(0, len(results), DIGEST_ROWS):

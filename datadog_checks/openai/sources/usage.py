@@ -2,7 +2,8 @@
 
 The window always ends with the bucket in progress (fresh data is wanted) and starts at the oldest
 bucket that may still change: the re-read window, stretched back to where the previous complete read
-stopped after an outage (up to `max_catch_up_hours`).
+stopped after an outage (up to `max_catch_up_hours`). A bucket whose rows are those it was last compared with
+is not compared again (Ledger.digests).
 """
 
 from __future__ import annotations
@@ -115,9 +116,6 @@ class Reading:
 
 
 class UsageSource(Source):
-    # A bucket whose rows are those it was last compared with is not compared again (Ledger.digests).
-    skips_unchanged = True
-
     def __init__(
         self,
         endpoint: Endpoint,
@@ -312,9 +310,10 @@ class UsageSource(Source):
             # nothing, it would be submitted again at every run until the window passed the horizon.
             return
         base, change = reading.base, reading.change
-        rows = digest(results) if self.skips_unchanged else None
+        # Rows the same as when the bucket was last compared change nothing: most of a window has settled.
+        fingerprint = digest(results)
         known = base.digests.get(start)
-        if rows is not None and known is not None and known[0] == rows and self.kept_from_then(start):
+        if fingerprint is not None and known is not None and known[0] == fingerprint and self.kept_from_then(start):
             reading.malformed += known[1]  # the same malformed rows as then
             return
         current, malformed = aggregate(results, self.key_of, self.read_flows)
@@ -323,8 +322,8 @@ class UsageSource(Source):
         if reading.counts is not None and len(reading.counts) > first:
             reading.spans.append((start, first, len(reading.counts)))
         reading.malformed += malformed + len(rejected)
-        if rows is not None:
-            change.digests[start] = (rows, malformed + len(rejected))
+        if fingerprint is not None:
+            change.digests[start] = (fingerprint, malformed + len(rejected))
         submitted = BucketView(base, start) if start in base.buckets else {}
         changed = LazyCells(lambda: change.bucket(start, base.width, base.key_of(change)))
         self.bucket_read(start, current, submitted, changed, rejected, now)
