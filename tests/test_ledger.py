@@ -914,3 +914,15 @@ def test_a_day_of_costs_whose_rows_did_not_change_adds_to_the_month_what_it_adde
     read.clear()
     lost = c.run(PagesClient([day1b], [day2]), after.ledger, now + 1200)
     assert read == ['p2'] and lost.month_totals == {'usd': 3.75}
+
+
+def test_a_bucket_served_twice_in_one_run_is_counted_once():
+    c = completions()
+    ledger = c.run(PagesClient([bucket(T0 + H, row('b', 5))]), None, T0 + H + 60).ledger
+    twice = c.run(PagesClient([bucket(T0 + H, row('b', 7))], [bucket(T0 + H, row('b', 7))]), ledger, T0 + H + 360)
+    assert totals(twice.counts) == {(IN, ('b',)): 2} and twice.malformed == 0
+    assert c.run(PagesClient([bucket(T0 + H, row('b', 7))]), ledger, T0 + H + 660).counts == []
+    # Served again grown, the bucket still counts its first answer: the growth is the next run's.
+    grown = c.run(PagesClient([bucket(T0 + H, row('b', 9))], [bucket(T0 + H, row('b', 10))]), ledger, T0 + H + 960)
+    assert totals(grown.counts) == {(IN, ('b',)): 2}
+    assert totals(c.run(PagesClient([bucket(T0 + H, row('b', 10))]), ledger, T0 + H + 1260).counts) == {(IN, ('b',)): 1}

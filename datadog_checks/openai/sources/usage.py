@@ -113,6 +113,8 @@ class Reading:
     spans: list[tuple[int, int, int]] = field(default_factory=list)
     # The most rows one bucket held: how the next run sizes its pages (UsageSource.queries).
     widest: int = 0
+    # The buckets read so far, by start.
+    starts: set[int] = field(default_factory=set)
 
 
 class UsageSource(Source):
@@ -288,6 +290,12 @@ class UsageSource(Source):
         if not isinstance(start, int) or start < reading.window.read_start:
             reading.malformed += 1
             return
+        if start in reading.starts:
+            # A bucket served twice in one run (a page served again, an end_time ignored) is read once: compared
+            # again with the same ledger, its increase would be counted twice. What it gained since the first
+            # answer is counted by the next run.
+            return
+        reading.starts.add(start)
         results = bucket['results']
         reading.rows += len(results)
         reading.widest = max(reading.widest, len(results))
