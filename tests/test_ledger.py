@@ -817,19 +817,25 @@ def test_a_ledger_of_no_dimension_reads_back():
     assert {s: dict(b.items()) for s, b in again.buckets.items()} == {0: {(): (1.5, None)}, 86400: {(): (2.5, 7)}}
 
 
+def keys_read(collector, dim) -> list:
+    """The `dim` of every row the collector's source reads into a series key from now on."""
+    read = []
+    key_of = collector.source.key_of
+
+    def spying(r):
+        read.append(r[dim])
+        return key_of(r)
+
+    collector.source.key_of = spying
+    return read
+
+
 def test_a_bucket_whose_rows_did_not_change_is_not_compared_again(monkeypatch):
     """Most of a window has stopped changing: a bucket whose rows are those it was last compared with is skipped
     (its series not read into keys again), its malformed rows still counted; a bucket whose rows changed, even by
     one figure with as many rows, is compared; after a restart (the digests are not saved), every bucket is."""
     c = completions()
-    read = []
-    key_of = c.source.key_of
-
-    def spying(r):
-        read.append(r['model'])
-        return key_of(r)
-
-    c.source.key_of = spying
+    read = keys_read(c, 'model')
     older = bucket(T0, row('a', 10))
     newer = bucket(T0 + H, row('b', 5), 'not a row')
     ledger = c.run(PagesClient([older, newer]), None, T0 + H + 60).ledger
@@ -880,14 +886,7 @@ def test_a_digest_of_rows_tells_apart_what_reads_apart():
 
 def test_a_day_of_costs_whose_rows_did_not_change_adds_to_the_month_what_it_added_when_compared():
     c = Collector('costs', '1d', ('project_id', 'line_item'))
-    read = []
-    key_of = c.source.key_of
-
-    def spying(r):
-        read.append(r['project_id'])
-        return key_of(r)
-
-    c.source.key_of = spying
+    read = keys_read(c, 'project_id')
 
     def cost(project, value):
         item = 'gpt-4o, input'
