@@ -925,3 +925,30 @@ def test_a_bucket_served_twice_in_one_run_is_counted_once():
     grown = c.run(PagesClient([bucket(T0 + H, row('b', 9))], [bucket(T0 + H, row('b', 10))]), ledger, T0 + H + 960)
     assert totals(grown.counts) == {(IN, ('b',)): 2}
     assert totals(c.run(PagesClient([bucket(T0 + H, row('b', 10))]), ledger, T0 + H + 1260).counts) == {(IN, ('b',)): 1}
+
+
+def test_a_rejected_cost_counts_in_the_month_as_last_submitted_and_a_new_one_not_at_all():
+    c = Collector('costs', '1d', ('project_id', 'line_item'))
+    first = [_cost('p1', {'value': 1.0, 'currency': 'usd'})]
+    ledger = c.run(PagesClient([bucket(T0, *first, width=86400)]), None, T0 + H).ledger
+    rows = [
+        _cost('p1', {'value': -1.0, 'currency': 'usd'}),  # known to the ledger: its 1.0 stands
+        _cost('p9', {'value': -2.0, 'currency': 'usd'}),  # new to it: nothing stands
+        _cost('p2', {'value': 0.5, 'currency': 'usd'}),
+    ]
+    result = c.run(PagesClient([bucket(T0, *rows, width=86400)]), ledger, T0 + 2 * H)
+    assert result.complete and result.malformed == 2
+    assert totals(result.counts) == {('openai.api.costs.amount', ('p2', 'x', 'usd')): 0.5}
+    assert result.month_totals == {'usd': 1.5}
+    assert result.project_month_totals == {('usd', 'p1'): 1.0, ('usd', 'p2'): 0.5}
+
+
+def test_a_bucket_counts_and_lists_only_the_series_it_holds():
+    # The table of series is shared by every bucket: a bucket holds some of them (the others are ABSENT slots).
+    shape = shape_of('1h', ('model',), ('input_tokens', 'output_tokens'))
+    ledger = Ledger(shape, 0, 1.0, {0: {('a',): (1, 2), ('b',): (3, None)}, H: {('c',): (5, 6)}})
+    assert [len(b) for b in ledger.buckets.values()] == [2, 1]
+    assert dict(ledger.buckets[H].items()) == {('c',): (5, 6)}
+    assert ('a',) not in ledger.buckets[H] and ledger.buckets[0][('b',)] == (3, None)
+    with pytest.raises(KeyError):
+        ledger.buckets[H][('zzz',)]
