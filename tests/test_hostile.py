@@ -5,6 +5,7 @@ the configured host, and bad data never becomes a metric.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import importlib.util
 import json
@@ -27,6 +28,7 @@ from datadog_checks.openai.config_models import InstanceConfig
 from datadog_checks.openai.ledger import Ledger
 from datadog_checks.openai.tags import MAX_TAG_LENGTH
 
+from .conftest import closed_state, opened_state
 from .hostile import (
     HostileServer,
     Reply,
@@ -757,7 +759,14 @@ def test_tag_values_are_normalized_and_distinct_ids_stay_distinct(hostile, make,
 
 
 def corrupt(text: str, how: str) -> str:
-    data = json.loads(text)
+    if how == 'not json':
+        return text[: len(text) // 2]
+    if how in COMPRESSION_DAMAGE:
+        data = json.loads(text)
+        first = next(iter(data['buckets']))
+        data['buckets'][first] = COMPRESSION_DAMAGE[how](data['buckets'][first])
+        return json.dumps(data)
+    data = opened_state(text)
     [values] = [v for _, v in data['buckets'].values()][:1]
     if how == 'negative':
         values[0][0] = -1e15
@@ -775,9 +784,16 @@ def corrupt(text: str, how: str) -> str:
         data['buckets'] = list(data['buckets'].values())
     elif how == 'nan':
         values[0][0] = math.nan  # written as NaN, which only a lenient decoder reads
-    elif how == 'not json':
-        return text[: len(text) // 2]
-    return json.dumps(data)
+    return closed_state(data)
+
+
+# Damage to a bucket's compressed columns (format 4: zlib, then base64).
+COMPRESSION_DAMAGE = {
+    'columns not base64': lambda b: b[:-2] + '!!',
+    'columns not zlib': lambda b: base64.b64encode(b'[[0],[[1]]]').decode(),
+    'columns cut short': lambda b: base64.b64encode(base64.b64decode(b)[:-6]).decode(),
+    'columns as plain JSON': lambda b: json.loads(zlib.decompress(base64.b64decode(b))),
+}
 
 
 CORRUPTIONS = [
@@ -790,6 +806,7 @@ CORRUPTIONS = [
     'buckets as a list',
     'nan',
     'not json',
+    *COMPRESSION_DAMAGE,
 ]
 
 

@@ -4,8 +4,10 @@ These pin the arithmetic of "submit only the difference"; the end-to-end proofs 
 simulator are in test_exactly_once.py.
 """
 
+import base64
 import json
 import re
+import zlib
 from dataclasses import dataclass, field
 
 import pytest
@@ -15,6 +17,8 @@ from datadog_checks.openai.client import BadResponse, TransientError
 from datadog_checks.openai.ledger import Change, Ledger, shape_of
 from datadog_checks.openai.sources import CostsSource, Run, StateStore, UsageSource
 from datadog_checks.openai.sources.usage import Windows, month_start
+
+from .conftest import opened_state
 
 H = 3600
 WINDOWS = Windows(revision_hours=6, catch_up_hours=48, costs_revision_days=3)
@@ -612,6 +616,31 @@ def test_a_damaged_state_of_format_3_is_refused_with_its_reason(text, reason):
         Ledger.loads(text)
 
 
+def _state4(columns) -> str:
+    return json.dumps(json.loads(_state3()) | {'v': 4, 'buckets': {str(T0): columns}})
+
+
+@pytest.mark.parametrize(
+    'columns, reason',
+    [
+        ([[0], [[1, 2]]], 'bad bucket'),  # plain JSON where format 4 has compressed text
+        ('eJzLSM3JyQcABiwCFQ==!', f'bucket {T0}: unreadable compressed columns'),  # not base64
+        (base64.b64encode(b'[[0],[[1,2]]]').decode(), f'bucket {T0}: unreadable compressed columns'),  # not zlib
+        (base64.b64encode(zlib.compress(b'[[0],[[1,2]]]')[:-5]).decode(), 'unreadable compressed columns'),  # cut
+        (base64.b64encode(zlib.compress(b'[[0],[[1,2]')).decode(), 'unreadable compressed columns'),  # not JSON
+        (base64.b64encode(zlib.compress(b'[[0],[[-1,2]]]')).decode(), 'bad value row'),
+        (base64.b64encode(zlib.compress(b'[[0],[[1,2]]] ' + b' ' * 200)).decode(), 'unreadable compressed columns'),
+    ],
+)
+def test_a_damaged_state_of_format_4_is_refused_with_its_reason(columns, reason, monkeypatch):
+    # The last one decompresses to more than the bound (set to 100 bytes here): refused, never inflated whole.
+    monkeypatch.setattr('datadog_checks.openai.ledger.MAX_BUCKET_JSON_BYTES', 100)
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        Ledger.loads(_state4(columns))
+    sound = Ledger.loads(_state4(base64.b64encode(zlib.compress(b'[[0],[[1,2]]]')).decode()))
+    assert dict(sound.buckets[T0].items()) == {('m',): (1, 2)}
+
+
 def test_a_state_saved_by_the_previous_version_is_read_and_the_next_run_goes_on_from_it():
     # Format 2, as version 0.2.0 wrote it: a key's values joined with a separator, a null dimension as ''.
     c = Collector('completions', '1h', ('model', 'batch'))
@@ -633,8 +662,10 @@ def test_a_state_saved_by_the_previous_version_is_read_and_the_next_run_goes_on_
     assert totals(result.counts) == {(IN, ('m', 'true')): 30}
     # Saved again in the current format, which reads back to the same ledger.
     text = c.state['ledger_completions']
-    assert json.loads(text)['v'] == 3 and json.loads(text)['series'] == [['m', 'true'], ['m', '']]
+    assert json.loads(text)['v'] == 4 and json.loads(text)['series'] == [['m', 'true'], ['m', '']]
     assert Ledger.loads(text) == result.ledger
+    # Format 3, as this version's previews wrote it (the same columns as plain JSON), reads to the same ledger.
+    assert Ledger.loads(json.dumps({**opened_state(text), 'v': 3})) == result.ledger
 
 
 # -- the compact ledger (issue 16) -------------------------------------------------------------------------------
@@ -654,7 +685,8 @@ def test_figures_of_every_size_and_kind_are_held_exactly_and_saved_as_they_came(
     assert again == ledger
     first = completions()
     saved = first.run(PagesClient([bucket(T0, row('a', 5, 3))]), None, T0 + 60).source.ledger.dumps()[0]
-    assert json.loads(saved)['buckets'][str(T0)][1][0][:3] == [5, 3, 1] and '5.0' not in saved
+    columns = opened_state(saved)['buckets'][str(T0)]
+    assert columns[1][0][:3] == [5, 3, 1] and '5.0' not in json.dumps(columns)
 
 
 def test_a_row_of_minus_one_is_malformed_even_where_the_ledger_holds_a_field_never_reported():
