@@ -541,7 +541,7 @@ def _series_keys(series, version: int, dims: int | None) -> list[Key]:
 
 def _inflated(start, text) -> list:
     """A bucket's columns saved in format 4, read back: base64 of zlib of their JSON."""
-    if not isinstance(text, str) or not isinstance(start, str):
+    if not isinstance(text, str):
         raise ValueError('bad bucket')
     try:
         inflater = zlib.decompressobj()
