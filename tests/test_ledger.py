@@ -627,16 +627,21 @@ def _state4(columns) -> str:
     return json.dumps(json.loads(_state3()) | {'v': 4, 'buckets': {str(T0): columns}})
 
 
+def _packed(data: bytes) -> str:
+    """Bytes as format 4 saves a bucket's columns: base64 text."""
+    return base64.b64encode(data).decode()
+
+
 @pytest.mark.parametrize(
     'columns, reason',
     [
         ([[0], [[1, 2]]], 'bad bucket'),  # plain JSON where format 4 has compressed text
         ('eJzLSM3JyQcABiwCFQ==!', f'bucket {T0}: unreadable compressed columns'),  # not base64
-        (base64.b64encode(b'[[0],[[1,2]]]').decode(), f'bucket {T0}: unreadable compressed columns'),  # not zlib
-        (base64.b64encode(zlib.compress(b'[[0],[[1,2]]]')[:-5]).decode(), 'unreadable compressed columns'),  # cut
-        (base64.b64encode(zlib.compress(b'[[0],[[1,2]')).decode(), 'unreadable compressed columns'),  # not JSON
-        (base64.b64encode(zlib.compress(b'[[0],[[-1,2]]]')).decode(), 'bad value row'),
-        (base64.b64encode(zlib.compress(b'[[0],[[1,2]]] ' + b' ' * 200)).decode(), 'unreadable compressed columns'),
+        (_packed(b'[[0],[[1,2]]]'), f'bucket {T0}: unreadable compressed columns'),  # not zlib
+        (_packed(zlib.compress(b'[[0],[[1,2]]]')[:-5]), 'unreadable compressed columns'),  # cut short
+        (_packed(zlib.compress(b'[[0],[[1,2]')), 'unreadable compressed columns'),  # not JSON
+        (_packed(zlib.compress(b'[[0],[[-1,2]]]')), 'bad value row'),
+        (_packed(zlib.compress(b'[[0],[[1,2]]] ' + b' ' * 200)), 'unreadable compressed columns'),
     ],
 )
 def test_a_damaged_state_of_format_4_is_refused_with_its_reason(columns, reason, monkeypatch):
@@ -645,7 +650,7 @@ def test_a_damaged_state_of_format_4_is_refused_with_its_reason(columns, reason,
     with pytest.raises(ValueError) as refused:
         Ledger.loads(_state4(columns))
     assert str(refused.value).endswith(reason)
-    sound = Ledger.loads(_state4(base64.b64encode(zlib.compress(b'[[0],[[1,2]]]')).decode()))
+    sound = Ledger.loads(_state4(_packed(zlib.compress(b'[[0],[[1,2]]]'))))
     assert dict(sound.buckets[T0].items()) == {('m',): (1, 2)}
 
 
