@@ -5,6 +5,7 @@ simulator are in test_exactly_once.py.
 """
 
 import base64
+import functools
 import json
 import zlib
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from datadog_checks.openai.catalogue import ENDPOINTS_BY_NAME, MONTH_TO_DATE, PR
 from datadog_checks.openai.client import BadResponse, TransientError
 from datadog_checks.openai.ledger import Change, Ledger, shape_of
 from datadog_checks.openai.sources import CostsSource, Run, StateStore, UsageSource
+from datadog_checks.openai.sources.pages import decode_page
 from datadog_checks.openai.sources.usage import Windows, month_start
 
 from .conftest import opened_state
@@ -29,14 +31,16 @@ SEP = '\x1f'
 class PagesClient:
     """Answers every query with the pages given, of the buckets in the query's span (from start_time to end_time,
     if any; a bucket later than a span's end is the next span's, so it is not served twice); raises `fail_after`
-    pages in."""
+    pages in. `as_text`: each page is served as the JSON text of a page and decoded by the source's decoder, as
+    the client decodes it (sources/pages.py); otherwise as decoded buckets."""
 
-    def __init__(self, *pages, fail_after=None):
+    def __init__(self, *pages, fail_after=None, as_text=False):
         self.pages = list(pages)
         self.fail_after = fail_after
+        self.as_text = as_text
         self.queries = []
 
-    def iter_buckets_pages(self, path, params, endpoint):
+    def iter_buckets_pages(self, path, params, endpoint, decode=None):
         self.queries.append(dict(params))
         query = dict(params)
         end = query.get('end_time')
@@ -46,7 +50,11 @@ class PagesClient:
         for i, page in enumerate(self.pages):
             if self.fail_after is not None and i >= self.fail_after:
                 raise TransientError('rate limited', 429)
-            yield [b for b in page if self._in_span(b, query['start_time'], end, first)]
+            buckets = [b for b in page if self._in_span(b, query['start_time'], end, first)]
+            if self.as_text and decode is not None:
+                text = json.dumps({'object': 'page', 'data': buckets, 'has_more': False, 'next_page': None})
+                buckets = decode(text.encode(), json.loads)['data']
+            yield buckets
 
     @staticmethod
     def _in_span(bucket, start, end, first) -> bool:
@@ -807,7 +815,7 @@ def test_a_page_too_large_to_read_is_read_one_bucket_a_page_from_the_next_run_on
     from datadog_checks.openai.client import TooLarge
 
     class TooLargeClient(PagesClient):
-        def iter_buckets_pages(self, path, params, endpoint):
+        def iter_buckets_pages(self, path, params, endpoint, decode=None):
             self.queries.append(dict(params))
             raise TooLarge('The response to /v1/organization/usage/completions is larger than 256 MiB', 200)
             yield
@@ -862,6 +870,14 @@ def test_a_ledger_of_no_dimension_reads_back():
     assert {s: dict(b.items()) for s, b in again.buckets.items()} == {0: {(): (1.5, None)}, 86400: {(): (2.5, 7)}}
 
 
+def undigested(text, loads, tally, known):
+    """A page decoded without digests of its rows (sources/pages.py)."""
+    body = decode_page(text, loads, tally, ())
+    for b in body['data']:
+        b['results'].digest = None
+    return body
+
+
 def keys_read(collector, dim) -> list:
     """The `dim` of every row the collector's source reads into a series key from now on."""
     read = []
@@ -875,37 +891,42 @@ def keys_read(collector, dim) -> list:
     return read
 
 
-def test_a_bucket_whose_rows_did_not_change_is_not_compared_again(monkeypatch):
+@pytest.mark.parametrize('as_text', [True, False], ids=['page-text', 'decoded'])
+def test_a_bucket_whose_rows_did_not_change_is_not_compared_again(monkeypatch, as_text):
     """Most of a window has stopped changing: a bucket whose rows are those it was last compared with is skipped
-    (its series not read into keys again), its malformed rows still counted; a bucket whose rows changed, even by
-    one figure with as many rows, is compared; after a restart (the digests are not saved), every bucket is."""
+    (its series not read into keys again, its text not even decoded), its malformed rows still counted; a bucket
+    whose rows changed, even by one figure with as many rows, is compared; after a restart (the digests are not
+    saved), every bucket is."""
     c = completions()
     read = keys_read(c, 'model')
+    serve = functools.partial(PagesClient, as_text=as_text)
+
     older = bucket(T0, row('a', 10))
     newer = bucket(T0 + H, row('b', 5), 'not a row')
-    ledger = c.run(PagesClient([older, newer]), None, T0 + H + 60).ledger
+    ledger = c.run(serve([older, newer]), None, T0 + H + 60).ledger
     assert read == ['a', 'b']
     read.clear()
-    again = c.run(PagesClient([older, newer]), ledger, T0 + H + 360)
+    again = c.run(serve([older, newer]), ledger, T0 + H + 360)
     assert (read, again.counts, again.malformed) == ([], [], 1)
     revised = bucket(T0 + H, row('b', 7), 'not a row')
-    result = c.run(PagesClient([older, revised]), ledger, T0 + H + 660)
+    result = c.run(serve([older, revised]), ledger, T0 + H + 660)
     assert read == ['b'] and totals(result.counts) == {(IN, ('b',)): 2} and result.malformed == 1
     read.clear()
-    restarted = c.run(PagesClient([older, revised]), Ledger.loads(ledger.dumps()[0]), T0 + H + 960)
+    restarted = c.run(serve([older, revised]), Ledger.loads(ledger.dumps()[0]), T0 + H + 960)
     assert read == ['a', 'b'] and restarted.counts == []
     # Rows whose digest cannot be made are compared, and the bucket they write to forgets its digest: the rows it
     # was compared with before are no longer what it holds, so they are compared again when they come back.
     ledger = restarted.ledger
     monkeypatch.setattr('datadog_checks.openai.sources.usage.digest', lambda results: None)
-    back = c.run(PagesClient([older, newer]), ledger, T0 + H + 1260)
+    monkeypatch.setattr('datadog_checks.openai.sources.usage.decode_page', undigested)
+    back = c.run(serve([older, newer]), ledger, T0 + H + 1260)
     assert totals(back.counts) == {(IN, ('b',)): -2}
     monkeypatch.undo()
-    forward = c.run(PagesClient([older, revised]), ledger, T0 + H + 1560)
+    forward = c.run(serve([older, revised]), ledger, T0 + H + 1560)
     assert totals(forward.counts) == {(IN, ('b',)): 2}
     # The digests leave with their buckets, empty ones too.
     late = T0 + 9 * H
-    c.run(PagesClient([bucket(late - H), bucket(late)]), ledger, late + 60)
+    c.run(serve([bucket(late - H), bucket(late)]), ledger, late + 60)
     assert sorted(ledger.digests) == [late - H, late] and min(ledger.buckets, default=late) >= ledger.horizon
 
 
@@ -929,7 +950,9 @@ def test_a_digest_of_rows_tells_apart_what_reads_apart():
     assert digest(many) != digest(many[:-1] + [row('m4499', 4_498)])
 
 
-def test_a_day_of_costs_whose_rows_did_not_change_adds_to_the_month_what_it_added_when_compared():
+@pytest.mark.parametrize('as_text', [True, False], ids=['page-text', 'decoded'])
+def test_a_day_of_costs_whose_rows_did_not_change_adds_to_the_month_what_it_added_when_compared(as_text):
+    serve = functools.partial(PagesClient, as_text=as_text)
     c = Collector('costs', '1d', ('project_id', 'line_item'))
     read = keys_read(c, 'project_id')
 
@@ -939,24 +962,24 @@ def test_a_day_of_costs_whose_rows_did_not_change_adds_to_the_month_what_it_adde
 
     day1, day2 = bucket(T0, cost('p1', 1.25), width=86400), bucket(T0 + 86400, cost('p2', 2.0), width=86400)
     now = T0 + 86400 + H
-    first = c.run(PagesClient([day1, day2]), None, now)
+    first = c.run(serve([day1, day2]), None, now)
     read.clear()
-    same = c.run(PagesClient([day1, day2]), first.ledger, now + 300)
+    same = c.run(serve([day1, day2]), first.ledger, now + 300)
     assert read == [] and same.counts == []
     assert same.month_totals == {'usd': 3.25} and same.project_month_totals == {('usd', 'p1'): 1.25, ('usd', 'p2'): 2}
     assert same.outcome.facts['bill'] == first.outcome.facts['bill']
     # A run cut short keeps no day's figures: the day it compared is compared again, not taken as it was kept.
     day1b = bucket(T0, cost('p1', 1.75), width=86400)
-    cut = c.run(PagesClient([day1b], [day2], fail_after=1), same.ledger, now + 600)
+    cut = c.run(serve([day1b], [day2], fail_after=1), same.ledger, now + 600)
     assert not cut.complete and totals(cut.counts) == {('openai.api.costs.amount', ('p1', 'gpt-4o, input', 'usd')): 0.5}
     read.clear()
-    after = c.run(PagesClient([day1b], [day2]), cut.ledger, now + 900)
+    after = c.run(serve([day1b], [day2]), cut.ledger, now + 900)
     assert read == ['p1'] and after.counts == []
     assert after.month_totals == {'usd': 3.75} and after.project_month_totals == {('usd', 'p1'): 1.75, ('usd', 'p2'): 2}
     # A day the source no longer keeps figures of is compared whatever its digest.
     del c.source.kept[T0 + 86400]
     read.clear()
-    lost = c.run(PagesClient([day1b], [day2]), after.ledger, now + 1200)
+    lost = c.run(serve([day1b], [day2]), after.ledger, now + 1200)
     assert read == ['p2'] and lost.month_totals == {'usd': 3.75}
 
 

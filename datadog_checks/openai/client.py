@@ -43,6 +43,8 @@ BACKOFF_MAX = 30.0
 # per bucket over 7 buckets, whose decoded rows take about 2 GB, beyond which a page would threaten the
 # Agent rather than feed it.
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+# How a caller decodes a body, given the check's JSON decoder (orjson where the Agent has it).
+PageDecoder = Callable[[bytes, Callable[[Any], Any]], Any]
 # An error answer is read for its message only.
 MAX_ERROR_BODY_BYTES = 64 * 1024
 READ_CHUNK = 64 * 1024
@@ -233,12 +235,15 @@ class OpenAIClient:
 
     # -- one request ---------------------------------------------------------------------------
 
-    def get_json(self, path: str, params: list[tuple[str, Any]], endpoint: str) -> dict:
-        """GET with retries on 429, 5xx, timeouts and unusable bodies, within the run's budget."""
+    def get_json(
+        self, path: str, params: list[tuple[str, Any]], endpoint: str, decode: PageDecoder | None = None
+    ) -> dict:
+        """GET with retries on 429, 5xx, timeouts and unusable bodies, within the run's budget. `decode` decodes the
+        body of a 200, given the JSON decoder (default: that decoder)."""
         attempt = 0
         while True:
             try:
-                return self._get_once(path, params, endpoint)
+                return self._get_once(path, params, endpoint, decode)
             except ApiError as e:
                 if not e.retryable or attempt >= self.max_retries:
                     raise
@@ -257,7 +262,7 @@ class OpenAIClient:
                 self.log.debug('Retrying %s in %.1fs after: %s', path, wait, e.message)
                 self.sleep(wait)
 
-    def _get_once(self, path: str, params: list[tuple[str, Any]], endpoint: str) -> dict:
+    def _get_once(self, path: str, params: list[tuple[str, Any]], endpoint: str, decode=None) -> dict:
         remaining = self.budget.remaining()
         if remaining <= 0:
             raise TransientError('The run\'s time budget is spent; the next run resumes.')
@@ -280,7 +285,7 @@ class OpenAIClient:
             response.close()
         self._record(endpoint, str(status), started)
         if status == 200:
-            return self._decode(content, path)
+            return self._decode(content, path, decode)
         raise self._refusal(path, status, content, response)
 
     def _send(self, path: str, params, endpoint: str, timeout: tuple[float, float], started: float):
@@ -341,9 +346,9 @@ class OpenAIClient:
         except Exception:
             return None
 
-    def _decode(self, content: bytes, path: str) -> dict:
+    def _decode(self, content: bytes, path: str, decode: PageDecoder | None) -> dict:
         try:
-            body = json.decode(content)
+            body = json.decode(content) if decode is None else decode(content, json.decode)
         except Exception as e:
             raise BadResponse(
                 f'OpenAI sent a body that is not JSON for {path} ({self._snippet(content)}); a proxy or gateway '
@@ -372,8 +377,11 @@ class OpenAIClient:
 
     # -- pagination ----------------------------------------------------------------------------
 
-    def iter_buckets_pages(self, path: str, params: list[tuple[str, Any]], endpoint: str) -> Iterator[list]:
-        """Yield the buckets of each page of a usage or costs query, oldest first.
+    def iter_buckets_pages(
+        self, path: str, params: list[tuple[str, Any]], endpoint: str, decode: PageDecoder | None = None
+    ) -> Iterator[list]:
+        """Yield the buckets of each page of a usage or costs query, oldest first, each decoded by `decode` (a
+        usage source's reads its rows as they are decoded: sources/pages.py).
 
         A page always holds whole buckets (`limit` counts buckets), so a caller may act on each page
         as it comes and still never see half a bucket.
@@ -382,7 +390,7 @@ class OpenAIClient:
         page = None
         while True:
             query = params if page is None else params + [('page', page)]
-            body = self.get_json(path, query, endpoint)
+            body = self.get_json(path, query, endpoint, decode)
             data = body.get('data')
             if not isinstance(data, list) or 'has_more' not in body:
                 raise BadResponse(

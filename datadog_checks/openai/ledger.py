@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from functools import partial
 from itertools import chain, compress, repeat
 from operator import is_not, ne
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from datadog_checks.base.utils.format import json
 
@@ -106,8 +106,8 @@ class Change:
         self.cells: dict[int, tuple[array, array]] = {}
         # The saved form of each bucket once the change is applied, when dumps() made it (see Ledger._fragments).
         self.fragments: dict[int, bytes] | None = None
-        # bucket start -> the digest of the rows read and how many of them were malformed (see Ledger.digests).
-        self.digests: dict[int, tuple[bytes, int]] = {}
+        # bucket start -> the digest of the rows read, how many of them were malformed, how many rows (Ledger.digests).
+        self.digests: dict[int, tuple[Any, int, int]] = {}
 
     def index_of_new(self, key: Key) -> int:
         g = self.new_index.get(key)
@@ -242,10 +242,11 @@ class Ledger:
         # progress), and turning a bucket's numbers back into JSON is most of the cost of saving it. Dropped when
         # the bucket is written to or the table renumbered.
         self._fragments: dict[int, bytes] = {}
-        # Per bucket, a digest of the rows it was last compared with and how many of them were malformed: rows
-        # equal to those change nothing (comparing them again records what the bucket holds already), so a run
-        # skips most of its window, which stopped changing. Not saved: after a restart every bucket is compared.
-        self.digests: dict[int, tuple[bytes, int]] = {}
+        # Per bucket, a digest of the rows it was last compared with (of their text, sources/pages.py), how many of
+        # them were malformed and how many rows: rows equal to those change nothing (comparing them again records
+        # what the bucket holds already), so a run skips most of its window, which stopped changing. Not saved:
+        # after a restart every bucket is compared.
+        self.digests: dict[int, tuple[Any, int, int]] = {}
         for start, cells in (buckets or {}).items():
             self._fill(start, [self._intern(key) for key in cells], [_flat(self._pad(v)) for v in cells.values()])
 

@@ -26,7 +26,7 @@ from ..catalogue import MONTH_TO_DATE, PROJECT_MONTH_TO_DATE
 from ..headroom import RATE_DAYS, rate_window
 from ..ledger import Key, Ledger, shape_of
 from .base import Outcome, Run
-from .rows import aggregate, valid_values
+from .rows import valid_values
 from .usage import UsageSource, Window, floor_to, month_start
 
 # How often a run reads the days before the costs re-read window again (see the module's docstring).
@@ -211,17 +211,17 @@ class CostsSource(UsageSource):
         self.read.clear()
         return super()._collect(run)
 
-    def _diff_bucket(self, reading, start: int, results: list, now: float) -> None:
+    def _diff_bucket(self, reading, start: int, rows, now: float) -> None:
         if start < reading.base.horizon:
             # A day the saved state no longer compares (it left the re-read window before the window reached back
             # over the rate's 7 days, as after an upgrade): final for the ledger, so never submitted again, but
             # still a day of the daily rate.
-            current, malformed = aggregate(results, self.key_of, self.read_flows)
+            current = rows.tally.flows
             valid = {key: values for key, values in current.items() if valid_values(values)}
-            reading.malformed += malformed + len(current) - len(valid)
+            reading.malformed += rows.tally.malformed + len(current) - len(valid)
             self._add(self._day(start), valid)
             return
-        super()._diff_bucket(reading, start, results, now)
+        super()._diff_bucket(reading, start, rows, now)
 
     def _day(self, start: int) -> Day:
         day = self.read.get(start)

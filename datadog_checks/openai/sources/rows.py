@@ -207,10 +207,13 @@ def key_reader(group_by: tuple[str, ...], fixed_dims: tuple[tuple[str, tuple[str
     return key_one_fixed
 
 
-def aggregate(results: list, key_of: Callable[[dict], Key], read_values) -> tuple[dict[Key, Values], int]:
-    """Rows of one bucket by series key, and how many were not rows; rows sharing a key (should not
-    happen) are added up."""
-    current: dict[Key, Values] = {}
+def aggregate(
+    results: list, key_of: Callable[[dict], Key], read_values, current: dict[Key, Values] | None = None
+) -> tuple[dict[Key, Values], int]:
+    """Rows of one bucket by series key (added to `current`), and how many were not rows; rows sharing a key
+    (should not happen) are added up."""
+    if current is None:
+        current = {}
     malformed = 0
     for row in results:
         if row.__class__ is not dict:
@@ -224,3 +227,26 @@ def aggregate(results: list, key_of: Callable[[dict], Key], read_values) -> tupl
         else:
             current[key] = tuple(a if b is None else b if a is None else a + b for a, b in zip(seen, values))
     return current, malformed
+
+
+class Tally:
+    """A bucket's rows added up by series a part at a time (sources/pages.py): its flows and its levels, each as
+    aggregate() reads them, and how many were not rows."""
+
+    __slots__ = ('key_of', 'read_flows', 'read_levels', 'flows', 'levels', 'malformed')
+
+    def __init__(self, key_of: Callable[[dict], Key], read_flows=None, read_levels=None):
+        self.key_of = key_of
+        self.read_flows = read_flows
+        self.read_levels = read_levels
+        self.flows: dict[Key, Values] = {}
+        self.levels: dict[Key, Values] = {}
+        self.malformed = 0
+
+    def add(self, rows: list) -> None:
+        if self.read_flows is not None:
+            self.malformed += aggregate(rows, self.key_of, self.read_flows, self.flows)[1]
+        if self.read_levels is not None:
+            malformed = aggregate(rows, self.key_of, self.read_levels, self.levels)[1]
+            if self.read_flows is None:
+                self.malformed += malformed  # otherwise counted with the flows: the same rows

@@ -2,8 +2,9 @@
 
 The window always ends with the bucket in progress (fresh data is wanted) and starts at the oldest
 bucket that may still change: the re-read window, stretched back to where the previous complete read
-stopped after an outage (up to `max_catch_up_hours`). A bucket whose rows are those it was last compared with
-is not compared again (Ledger.digests).
+stopped after an outage (up to `max_catch_up_hours`). A page's rows are added up by series as they are decoded, a
+part of a bucket at a time (sources/pages.py); a bucket whose rows are those it was last compared with is not
+compared again, nor decoded (Ledger.digests).
 """
 
 from __future__ import annotations
@@ -17,15 +18,17 @@ from itertools import repeat
 from typing import Any
 
 from ..catalogue import BUCKET_SECONDS, Endpoint
-from ..client import ApiError, BadResponse, RequestRefused, TooLarge
+from ..client import ApiError, BadResponse, PageDecoder, RequestRefused, TooLarge
 from ..ledger import ABSENT, UNREPORTED, BucketView, Change, Key, LazyCells, Ledger, Values, shape_of
 from ..memory import RELEASE_AFTER_ROWS, release_freed_memory
 from .base import Outcome, Run, Source, StateStore
-from .rows import aggregate, digest, key_reader, valid_values, values_reader
+from .pages import Known, Read, decode_page
+from .rows import Tally, digest, key_reader, valid_values, values_reader
 
-# The most result rows the check asks for in one page, when it knows how many a bucket holds. A decoded row takes
-# about 1 KB in memory (and 600 bytes of JSON before that), so a page of this many rows costs the Agent some
-# 80 MB at its peak. See UsageSource.queries and the README's Benchmark section.
+# The most result rows the check asks for in one page, when it knows how many a bucket holds. A row is some 600
+# bytes of JSON, held while the page is read (its rows are decoded a part at a time, sources/pages.py), so a page
+# of this many rows costs the Agent some 30 MB at its peak; decoded whole (a page of another layout), about 1 KB a
+# row more. See UsageSource.queries and the README's Benchmark section.
 MAX_PAGE_ROWS = 50_000
 
 
@@ -196,7 +199,9 @@ class UsageSource(Source):
         outcome = Outcome(self.name)
         try:
             for params in self.queries(window, run.now, ledger, lambda: reading.widest):
-                for page in run.client.iter_buckets_pages(self.endpoint.path, params, self.name):
+                for page in run.client.iter_buckets_pages(
+                    self.endpoint.path, params, self.name, decode=self._decoder(reading)
+                ):
                     # A page the client lets go of bucket by bucket (client.Page): each bucket's rows are freed
                     # once compared, before the next bucket's are read.
                     drain = getattr(page, 'drain', None)
@@ -282,7 +287,8 @@ class UsageSource(Source):
         yield self.params(Window(start, window.horizon, window.baseline), None, span)
 
     def _read_bucket(self, reading: Reading, bucket: Any, now: float) -> None:
-        if not isinstance(bucket, dict) or not isinstance(bucket.get('results'), list):
+        results = bucket.get('results') if isinstance(bucket, dict) else None
+        if not isinstance(results, (list, Read, Known)):
             raise BadResponse(
                 f'OpenAI sent a malformed bucket for {self.endpoint.path}; the page was not used.', 200, self.name
             )
@@ -296,42 +302,69 @@ class UsageSource(Source):
             # answer is counted by the next run.
             return
         reading.starts.add(start)
-        results = bucket['results']
-        reading.rows += len(results)
-        reading.widest = max(reading.widest, len(results))
+        fingerprint = digest(results) if isinstance(results, list) else results.digest
+        if self._settled(reading, start, fingerprint):
+            return
+        if isinstance(results, list):
+            tally = self.tally()
+            tally.add(results)
+            rows = Read(tally, len(results), fingerprint)
+        else:
+            rows = results.read(self.tally()) if isinstance(results, Known) else results
+        del results
+        reading.rows += rows.rows
+        reading.widest = max(reading.widest, rows.rows)
         if self.flow_names:
-            self._diff_bucket(reading, start, results, now)
-        if self.level_names and results:
-            current, malformed = aggregate(results, self.key_of, self.read_levels)
+            self._diff_bucket(reading, start, rows, now)
+        if self.level_names:
             if not self.flow_names:
-                reading.malformed += malformed  # otherwise _diff_bucket counted the same rows
-            for key, values in current.items():
+                reading.malformed += rows.tally.malformed  # otherwise _diff_bucket counted the same rows
+            for key, values in rows.tally.levels.items():
                 if not valid_values(values):
                     reading.malformed += 1
                 elif key not in reading.levels or reading.levels[key][0] <= start:
                     reading.levels[key] = (start, values)
 
-    def _diff_bucket(self, reading: Reading, start: int, results: list, now: float) -> None:
+    def tally(self) -> Tally:
+        """What a bucket's rows are added up into as they are decoded."""
+        return Tally(
+            self.key_of, self.read_flows if self.flow_names else None, self.read_levels if self.level_names else None
+        )
+
+    def _settled(self, reading: Reading, start: int, fingerprint) -> bool:
+        """Whether the bucket's rows are those it was last compared with: then they change nothing (most of a window
+        has settled), and count as many rows and malformed ones as they did then."""
+        if not self.flow_names or fingerprint is None or start < reading.base.horizon:
+            return False
+        known = reading.base.digests.get(start)
+        if known is None or known[0] != fingerprint or not self.kept_from_then(start):
+            return False
+        reading.malformed += known[1]
+        reading.rows += known[2]
+        reading.widest = max(reading.widest, known[2])
+        return True
+
+    def _decoder(self, reading: Reading) -> PageDecoder:
+        """How a page of this source is decoded: its buckets' rows added up as they are decoded, a part at a time,
+        and not decoded at all when their text is that of rows compared before (sources/pages.py)."""
+        known = [d for d, *_ in reading.base.digests.values() if isinstance(d, tuple)] if self.flow_names else []
+        return lambda text, loads: decode_page(text, loads, self.tally, known)
+
+    def _diff_bucket(self, reading: Reading, start: int, rows: Read, now: float) -> None:
         if start < reading.base.horizon:
             # The window reaches further back than when the state was saved (revision_window_hours raised): the
             # ledger no longer holds what was submitted for this bucket, which is final for it. Compared with
             # nothing, it would be submitted again at every run until the window passed the horizon.
             return
         base, change = reading.base, reading.change
-        # Rows the same as when the bucket was last compared change nothing: most of a window has settled.
-        fingerprint = digest(results)
-        known = base.digests.get(start)
-        if fingerprint is not None and known is not None and known[0] == fingerprint and self.kept_from_then(start):
-            reading.malformed += known[1]  # the same malformed rows as then
-            return
-        current, malformed = aggregate(results, self.key_of, self.read_flows)
+        current, malformed = rows.tally.flows, rows.tally.malformed
         first = len(reading.counts) if reading.counts is not None else 0
         rejected = self._diff(start, current, reading)
         if reading.counts is not None and len(reading.counts) > first:
             reading.spans.append((start, first, len(reading.counts)))
         reading.malformed += malformed + len(rejected)
-        if fingerprint is not None:
-            change.digests[start] = (fingerprint, malformed + len(rejected))
+        if rows.digest is not None:
+            change.digests[start] = (rows.digest, malformed + len(rejected), rows.rows)
         submitted = BucketView(base, start) if start in base.buckets else {}
         changed = LazyCells(lambda: change.bucket(start, base.width, base.key_of(change)))
         self.bucket_read(start, current, submitted, changed, rejected, now)
