@@ -73,7 +73,7 @@ def read_back(body: dict) -> list:
     for b in body['data']:
         results = b['results']
         if isinstance(results, Known):
-            results = results.read(CountingTally())
+            results = results.read(CountingTally)
         assert isinstance(results, Read)
         out.append((results.tally.flows, results.tally.malformed))
     return out
@@ -159,7 +159,7 @@ def test_rows_whose_text_was_read_before_are_not_decoded_until_asked_for():
     assert isinstance(settled, Known) and settled.digest == known[0]
     assert isinstance(fresh, Read) and parts.sizes == [1]
     # Read when asked for, it holds the rows the first decoding read.
-    assert (settled.read(CountingTally()).tally.flows, fresh.tally.flows) == tuple(
+    assert (settled.read(CountingTally).tally.flows, fresh.tally.flows) == tuple(
         b['results'].tally.flows for b in first['data']
     )
     # A text of the same length with one figure changed is not the known one.
@@ -225,3 +225,21 @@ def test_a_damaged_page_fails_to_decode_as_it_would_whole(damage):
         json.loads(text)
     with pytest.raises(ValueError):
         decode_page(text, json.loads, Parts())
+
+
+def test_known_rows_that_no_longer_cut_are_decoded_whole(monkeypatch):
+    # Read when asked for, a known text is cut again the same way; should that fail, its array is decoded whole.
+    monkeypatch.setattr(pages, 'PART_BYTES', 64)
+    # Its first rows cut cleanly, the others hold what looks like the end of the array.
+    body = page((0, [row(f'm{i % 20}', i, project='p' if i < 10 else 'a], b') for i in range(30)]))
+    text = json.dumps(body).encode()
+    first = decode_page(text, json.loads, Parts())['data'][0]['results']
+    settled = decode_page(text, json.loads, Parts(), [first.digest])['data'][0]['results']
+    assert isinstance(settled, Known)
+    monkeypatch.setattr(pages, 'MAX_FALSE_CUTS', 0)
+    # The cuts fail now: a page of that text is decoded whole.
+    assert decode_page(text, json.loads, Parts())['data'][0]['results'] == body['data'][0]['results']
+    parts = Parts()
+    again = settled.read(parts)
+    assert again.rows == 30 and parts.sizes[-1] == 30 and again.tally.flows == first.tally.flows
+    assert again.tally.flows == aggregate(body['data'][0]['results'], KEY_OF, READ)[0]

@@ -7,12 +7,13 @@ page (the buckets' other entries, has_more, next_page) is decoded with each `res
 placeholder. An array whose text is the same as one read before (its length and SHA-256, as Ledger.digests holds
 them) is not decoded at all: it comes as a Known, which its source reads only if it needs its rows.
 
-Parts are cut where a row object ends and the next begins (`},{`) or where the array may end (`]`), which a string
-or a nested value may also hold: a cut is kept only when the part decodes on its own as a list of values, which a
-cut inside a string or a nested value never does (a quote or a bracket is left open). Parts that decode, joined by the
-commas between them, are the array's elements: the rows are those a decoding of the whole page gives, in the same
-order. A page whose arrays cannot be cut so (more than MAX_FALSE_CUTS cuts of a part that did not decode, a layout
-other than a page of buckets) is decoded whole, as it was before.
+Parts are cut where a row object ends and the next begins (`},{`) or where the array may end (a `]` the bucket's
+next entry or its end follows), which a string or a nested value may also hold: a cut is kept only when the part
+decodes on its own as a list of values, which a cut inside a string or a nested value never does (a quote or a
+bracket is left open). Parts that decode, joined by the commas between them, are the array's elements: the rows are
+those a decoding of the whole page gives, in the same order. A page whose arrays cannot be cut so (more than
+MAX_FALSE_CUTS cuts of a part that did not decode, a layout other than a page of buckets) is decoded whole, as it
+was before.
 """
 
 from __future__ import annotations
@@ -65,16 +66,23 @@ class Known:
         self.digest = digest
         self.decode = decode
 
-    def read(self, tally) -> Read:
-        # Parts of a text that was cut into parts that decoded before: they decode again.
-        rows = [0]
+    def read(self, tally: Callable[[], Any]) -> Read:
+        """The rows added up into a `tally()`."""
+        sums, rows = tally(), [0]
 
         def add(part: list) -> None:
             rows[0] += len(part)
-            tally.add(part)
+            sums.add(part)
 
-        _read_array(self.text, self.start, self.decode, add)
-        return Read(tally, rows[0], self.digest)
+        try:
+            _read_array(self.text, self.start, self.decode, add)
+        except Unsplittable:
+            # The same text cut the same way decodes the same parts; should it not, the array is decoded whole.
+            sums = tally()
+            whole = self.decode(b'[' + self.text[self.start : self.start + self.digest[0]] + b']')
+            rows[0] = len(whole)
+            sums.add(whole)
+        return Read(sums, rows[0], self.digest)
 
 
 def _read_array(text, start: int, decode: Decode, add: Callable[[list], None]) -> int:

@@ -310,7 +310,7 @@ class UsageSource(Source):
             tally.add(results)
             rows = Read(tally, len(results), fingerprint)
         else:
-            rows = results.read(self.tally()) if isinstance(results, Known) else results
+            rows = results.read(self.tally) if isinstance(results, Known) else results
         del results
         reading.rows += rows.rows
         reading.widest = max(reading.widest, rows.rows)
