@@ -144,7 +144,8 @@ def digest_of(text: bytes, rows_at: int, end: int) -> tuple:
     return (end - rows_at, hashlib.sha256(text[rows_at:end]).digest())
 
 
-def test_rows_whose_text_was_read_before_are_not_decoded_until_asked_for():
+def test_rows_whose_text_was_read_before_are_not_decoded_until_asked_for(monkeypatch):
+    monkeypatch.setattr(pages, 'PART_BYTES', 64)  # a part a row
     body = page((0, [row('a', 1), row('b', 2)]), (3600, [row('c', 3)]))
     text = json.dumps(body, indent=2).encode()
     first = decode_page(text, json.loads, Parts())
@@ -158,10 +159,10 @@ def test_rows_whose_text_was_read_before_are_not_decoded_until_asked_for():
     settled, fresh = (b['results'] for b in again['data'])
     assert isinstance(settled, Known) and settled.digest == known[0]
     assert isinstance(fresh, Read) and parts.sizes == [1]
-    # Read when asked for, it holds the rows the first decoding read.
-    assert (settled.read(CountingTally).tally.flows, fresh.tally.flows) == tuple(
-        b['results'].tally.flows for b in first['data']
-    )
+    # Read when asked for, it holds the rows the first decoding read, and keeps its digest.
+    read = settled.read(CountingTally)
+    assert (read.tally.flows, fresh.tally.flows) == tuple(b['results'].tally.flows for b in first['data'])
+    assert (read.rows, read.digest) == (2, known[0])
     # A text of the same length with one figure changed is not the known one.
     changed = text.replace(b'"input_tokens": 2', b'"input_tokens": 7')
     assert len(changed) == len(text)

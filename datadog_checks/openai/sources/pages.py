@@ -29,7 +29,6 @@ RESULTS = re.compile(rb'"results"[ \t\r\n]*:[ \t\r\n]*\[')
 # first of either cuts the part).
 END = re.compile(rb'\][ \t\r\n]*[,}]')
 CUT = re.compile(rb'\}[ \t\r\n]*,[ \t\r\n]*\{|\][ \t\r\n]*[,}]')
-EMPTY = re.compile(rb'[ \t\r\n]*\]')
 CLOSE = ord(']')
 
 # About 1,700 rows of usage: what a part holds decoded is some 2 MB.
@@ -88,9 +87,6 @@ class Known:
 def _read_array(text, start: int, decode: Decode, add: Callable[[list], None]) -> int:
     """Decode the array of rows whose text starts at `start` (after its `[`), a part at a time, passing each to
     `add`; return where its `]` is."""
-    empty = EMPTY.match(text, start)
-    if empty is not None:
-        return empty.end() - 1
     begin = at = start
     false_cuts = 0
     while True:
