@@ -685,7 +685,8 @@ def cmd_mutation(args: list) -> int:
     """Mutation testing (mutmut, pinned in scripts/requirements-mutation.txt) of the modules that decide what is
     submitted and when. Not part of scripts/test or CI: it takes hours (README, "Mutation testing").
 
-      scripts/mutation ledger               one module (usage, costs, rows, pages, ledger, check, client); several
+      scripts/mutation ledger               one module (usage, costs, rows, pages, ledger, check, client);
+                                            several may be given
       scripts/mutation 'check.*commit*'     mutants by mutmut's name globs, relative to datadog_checks.openai
       scripts/mutation                      every module
       scripts/mutation --jobs 1 ...         workers (default 2; the machine's cores are shared)
