@@ -46,12 +46,15 @@ class Unsplittable(Exception):
 class Read:
     """A bucket's rows, added up by series as they were decoded; `digest` tells its text apart (None: not made)."""
 
-    __slots__ = ('tally', 'rows', 'digest')
+    __slots__ = ('tally', 'digest')
 
-    def __init__(self, tally, rows: int, digest):
+    def __init__(self, tally, digest):
         self.tally = tally
-        self.rows = rows
         self.digest = digest
+
+    @property
+    def rows(self) -> int:
+        return self.tally.rows
 
 
 class Known:
@@ -67,21 +70,14 @@ class Known:
 
     def read(self, tally: Callable[[], Any]) -> Read:
         """The rows added up into a `tally()`."""
-        sums, rows = tally(), [0]
-
-        def add(part: list) -> None:
-            rows[0] += len(part)
-            sums.add(part)
-
+        sums = tally()
         try:
-            _read_array(self.text, self.start, self.decode, add)
+            _read_array(self.text, self.start, self.decode, sums.add)
         except Unsplittable:
             # The same text cut the same way decodes the same parts; should it not, the array is decoded whole.
             sums = tally()
-            whole = self.decode(b'[' + self.text[self.start : self.start + self.digest[0]] + b']')
-            rows[0] = len(whole)
-            sums.add(whole)
-        return Read(sums, rows[0], self.digest)
+            sums.add(self.decode(b'[' + self.text[self.start : self.start + self.digest[0]] + b']'))
+        return Read(sums, self.digest)
 
 
 def _read_array(text, start: int, decode: Decode, add: Callable[[list], None]) -> int:
@@ -144,14 +140,9 @@ def _split(text, decode: Decode, tally: Callable[[], Any], known: Collection[tup
             if span is not None:
                 end = start + span.digest[0]
             else:
-                sums, rows = tally(), [0]
-
-                def add(part: list, sums=sums, rows=rows) -> None:
-                    rows[0] += len(part)
-                    sums.add(part)
-
-                end = _read_array(text, start, decode, add)
-                span = Read(sums, rows[0], (end - start, hashlib.sha256(view[start:end]).digest()))
+                sums = tally()
+                end = _read_array(text, start, decode, sums.add)
+                span = Read(sums, (end - start, hashlib.sha256(view[start:end]).digest()))
             pieces.append(text[done:start])
             pieces.append(b'-%d' % (len(spans) + 1))
             spans.append(span)

@@ -231,9 +231,9 @@ def aggregate(
 
 class Tally:
     """A bucket's rows added up by series a part at a time (sources/pages.py): its flows and its levels, each as
-    aggregate() reads them, and how many were not rows."""
+    aggregate() reads them, how many rows it was given and how many of them were not rows."""
 
-    __slots__ = ('key_of', 'read_flows', 'read_levels', 'flows', 'levels', 'malformed')
+    __slots__ = ('key_of', 'read_flows', 'read_levels', 'flows', 'levels', 'rows', 'malformed')
 
     def __init__(self, key_of: Callable[[dict], Key], read_flows=None, read_levels=None):
         self.key_of = key_of
@@ -241,9 +241,11 @@ class Tally:
         self.read_levels = read_levels
         self.flows: dict[Key, Values] = {}
         self.levels: dict[Key, Values] = {}
+        self.rows = 0
         self.malformed = 0
 
     def add(self, rows: list) -> None:
+        self.rows += len(rows)
         if self.read_flows is not None:
             self.malformed += aggregate(rows, self.key_of, self.read_flows, self.flows)[1]
         if self.read_levels is not None:

@@ -308,7 +308,7 @@ class UsageSource(Source):
         if isinstance(results, list):
             tally = self.tally()
             tally.add(results)
-            rows = Read(tally, len(results), fingerprint)
+            rows = Read(tally, fingerprint)
         else:
             rows = results.read(self.tally) if isinstance(results, Known) else results
         del results
