@@ -660,14 +660,7 @@ def mutation_summary(mutmut: Path) -> str:
     counts = {}
     for line in out.stdout.splitlines():
         name, _, status = line.strip().rpartition(': ')
-        module = next(
-            (
-                m
-                for m in sorted(MUTATED.values(), key=len, reverse=True)
-                if name.startswith(f'datadog_checks.openai.{m}.')
-            ),
-            None,
-        )
+        module = mutation_module(name)
         if module:
             counts.setdefault(module, {}).setdefault(status, 0)
             counts[module][status] += 1
@@ -681,6 +674,79 @@ def mutation_summary(mutmut: Path) -> str:
     return '\n'.join(rows)
 
 
+# mutmut 3.8.1 makes its mutants as the first step of `mutmut run`, which then needs their names; a sample is chosen
+# from them before any test runs, so this makes them with the same calls (pinned version: these are its internals).
+GENERATE_MUTANTS = """
+import json, pathlib, mutmut.__main__ as m
+m.set_mutant_under_test('mutant_generation')
+m.copy_src_dir(); m.copy_also_copy_files(); m.setup_source_paths(); m.store_lines_covered_by_tests()
+m.create_mutants(2)
+names = {}
+for meta in pathlib.Path('mutants').rglob('*.py.meta'):
+    names[str(meta)] = sorted(json.loads(meta.read_text())['exit_code_by_key'])
+print(json.dumps(names))
+"""
+
+
+def mutation_sample(venv: Path, modules: list, per_module: int, seed: int) -> list:
+    """`per_module` mutants drawn at random (seeded: the same code and seed draw the same ones) from each module's."""
+    import random
+
+    out = run(
+        [venv / 'bin' / 'python', '-c', GENERATE_MUTANTS],
+        'generating the mutants',
+        stdout=subprocess.PIPE,
+        universal_newlines=True,
+        cwd=REPO,
+    )
+    names = [n for ns in json.loads(out.stdout.splitlines()[-1]).values() for n in ns]
+    rng = random.Random(seed)
+    chosen = []
+    for module in modules:
+        of_module = sorted(n for n in names if mutation_module(n) == module)
+        chosen += rng.sample(of_module, min(per_module, len(of_module)))
+    return chosen
+
+
+def mutation_module(name: str) -> str | None:
+    for m in sorted(MUTATED.values(), key=len, reverse=True):
+        if name.startswith(f'datadog_checks.openai.{m}.'):
+            return m
+    return None
+
+
+def sample_summary(mutmut: Path, chosen: list) -> str:
+    """The sample's results per module, and the share killed with its 95% interval (Wilson's)."""
+    out = run([mutmut, 'results', '--all', 'true'], 'mutmut results', stdout=subprocess.PIPE, universal_newlines=True)
+    status = {}
+    for line in out.stdout.splitlines():
+        name, _, result = line.strip().rpartition(': ')
+        status[name] = result
+    counts, total = {}, {}
+    for name in chosen:
+        result = status.get(name, 'not run')
+        counts.setdefault(mutation_module(name), {}).setdefault(result, 0)
+        counts[mutation_module(name)][result] += 1
+        total[result] = total.get(result, 0) + 1
+    rows = [f'{"module":<16} {"sampled":>8} {"killed":>7} {"survived":>9} {"other":>6}']
+    for module, c in sorted(counts.items()) + [('all', total)]:
+        n = sum(c.values())
+        k, s = c.get('killed', 0) + c.get('timeout', 0), c.get('survived', 0)
+        rows.append(f'{module:<16} {n:>8} {k:>7} {s:>9} {n - k - s:>6}')
+    k, s = total.get('killed', 0) + total.get('timeout', 0), total.get('survived', 0)
+    if k + s:
+        n, p, z = k + s, k / (k + s), 1.96
+        scale = 1 + z * z / n
+        centre = (p + z * z / (2 * n)) / scale
+        half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / scale
+        rows.append(
+            f'killed {p:.1%} of the {n} sampled mutants with a verdict (95%: {centre - half:.1%} to '
+            f'{centre + half:.1%} of all mutants)'
+        )
+    rows.append('(killed counts timeouts; other: no covering test, not run, suspicious or segfault)')
+    return '\n'.join(rows)
+
+
 def cmd_mutation(args: list) -> int:
     """Mutation testing (mutmut, pinned in scripts/requirements-mutation.txt) of the modules that decide what is
     submitted and when. Not part of scripts/test or CI: it takes hours (README, "Mutation testing").
@@ -690,18 +756,28 @@ def cmd_mutation(args: list) -> int:
       scripts/mutation 'check.*commit*'     mutants by mutmut's name globs, relative to datadog_checks.openai
       scripts/mutation                      every module
       scripts/mutation --jobs 1 ...         workers (default 2; the machine's cores are shared)
+      scripts/mutation --sample 25 [--seed 1] [modules]
+                                            25 mutants drawn at random from each module (all of them take tens of
+                                            core-hours), run, and the share killed with its 95% interval
       scripts/mutation --summary            killed / survived / timeout / skipped per module of the runs so far
       scripts/mutation --show NAME          the diff of one mutant (`.venvs/mutation/bin/mutmut results` lists them)
 
     mutmut copies the project into mutants/ (git-ignored) and keeps its results there: a later run only tests mutants
     without a result (delete mutants/ to start afresh). Which tests may kill a mutant is set in pyproject.toml,
     [tool.mutmut]. Needs a Python 3.12; creates .venvs/mutation."""
-    jobs, mode, names = '2', 'run', []
+    jobs, mode, names, modules, sample, seed = '2', 'run', [], [], 0, 1
     rest = list(args)
     while rest:
         arg = rest.pop(0)
         if arg == '--jobs':
             jobs = rest.pop(0)
+        elif arg in ('--sample', '--seed'):
+            if not rest or not rest[0].isdigit():
+                raise Fail(f'{arg} takes a number (see scripts/mutation --help)')
+            if arg == '--sample':
+                sample = int(rest.pop(0))
+            else:
+                seed = int(rest.pop(0))
         elif arg.startswith('--jobs='):
             jobs = arg.split('=', 1)[1]
         elif arg in ('--summary', '--show'):
@@ -714,9 +790,13 @@ def cmd_mutation(args: list) -> int:
         elif arg.startswith('-'):
             raise Fail(f'unknown option {arg} (see scripts/mutation --help)')
         else:
+            if arg in MUTATED:
+                modules.append(MUTATED[arg])
             names.append(
                 f'datadog_checks.openai.{MUTATED[arg]}.*' if arg in MUTATED else f'datadog_checks.openai.{arg}'
             )
+    if sample and len(modules) != len(names):
+        raise Fail('--sample takes module names only (see scripts/mutation --help)')
     py = find_python('3.12')
     if py is None:
         raise Fail(not_found(['3.12']))
@@ -728,12 +808,19 @@ def cmd_mutation(args: list) -> int:
     if mode == 'show':
         name = names[0] if names[0].startswith('datadog_checks.') else f'datadog_checks.openai.{names[0]}'
         return subprocess.call([mutmut, 'show', name], cwd=REPO)
+    chosen = []
     if mode == 'run':
         started = time.monotonic()
         targets = names or [f'datadog_checks.openai.{m}.*' for m in MUTATED.values()]
+        if sample:
+            targets = chosen = mutation_sample(venv, modules or list(MUTATED.values()), sample, seed)
+            (REPO / 'mutants').mkdir(exist_ok=True)
+            (REPO / 'mutants' / 'sample.json').write_text(json.dumps({'seed': seed, 'mutants': chosen}))
         subprocess.call([mutmut, 'run', '--max-children', jobs, *targets], cwd=REPO)
         log('', f'Took {(time.monotonic() - started) / 60:.0f} min with {jobs} workers.')
     print(mutation_summary(mutmut))
+    if chosen:
+        print(sample_summary(mutmut, chosen))
     return 0
 
 
