@@ -142,6 +142,19 @@ def test_a_partly_read_run_is_a_warning_and_does_not_fail(sim, make_check, dd_ru
     aggregator.assert_metric('openai.check.can_connect', 1)
 
 
+def test_an_error_answer_is_quoted_by_openai_s_own_message_not_its_json(sim, make_check, dd_run_check, aggregator):
+    # OpenAI's error bodies are JSON: the operator reads error.message, not the braces around it (a body that does
+    # not decode is quoted as it is, see test_hostile.py).
+    sim.faults.add('costs', 403, count=None, message='Missing scopes: api.usage.read.')
+    check = make_check(resolve_project_names=False, resolve_api_key_names=False)
+    dd_run_check(check)
+    sc = only_status(aggregator)
+    assert sc.message.startswith(
+        'costs: OpenAI refused the key with 403 on /organization/costs (Missing scopes: api.usage.read.). '
+    )
+    assert '{' not in sc.message and 'invalid_request_error' not in sc.message
+
+
 def test_a_run_whose_every_endpoint_hits_an_unexpected_error_fails(
     sim, make_check, dd_run_check, aggregator, monkeypatch
 ):
