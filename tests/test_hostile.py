@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 import tracemalloc
 import zlib
@@ -521,6 +522,38 @@ def test_a_dripping_server_is_cut_at_the_deadline(hostile, make, dd_run_check):
     assert 'was still sending' in sc.message and "time budget ran out" in sc.message
     received = int(re.search(r'\((\d+) bytes received\)', sc.message).group(1))
     assert received < 28 + 300
+
+
+def test_a_body_that_stops_arriving_is_given_up_after_the_read_timeout(hostile, make, dd_run_check, aggregator):
+    stalled = threading.Event()
+
+    def respond(request):
+        def body():
+            full = page(bucket(HOUR, completions_row(100, model='gpt-4o')))
+            yield full[:20]
+            # Silent for 8 s (the check's read timeout is 1 s), then the rest of a valid page: a check that waited
+            # on without a timeout would read it whole and call the run a success.
+            stalled.wait(8)
+            yield full[20:]
+
+        return Reply(200, body(), JSON)
+
+    hostile.respond = respond
+    check = make(real_time=True, timeout=1, max_retries=0)
+    try:
+        dd_run_check(check)
+    finally:
+        stalled.set()
+    sc = last_status()
+    assert (
+        sc.status != AgentCheck.OK and 'OpenAI did not answer /organization/usage/completions within 1s.' in sc.message
+    )
+    # Counted as a timeout, not as the 200 its headers said.
+    aggregator.assert_metric(
+        'openai.check.api.requests',
+        value=1,
+        tags=['openai_account:evil', 'endpoint:completions', 'status_code:timeout'],
+    )
 
 
 # -- 4. Where the key may go ------------------------------------------------------------------------
