@@ -213,6 +213,16 @@ def test_bad_responses_get_a_message_and_spare_the_other_endpoints(
         'openai.check.api.retries',
         tags=['openai_account:test', 'endpoint:embeddings', f'reason:{_reason(fault, options)}'],
     )
+    # Each answer counted under what it was, both tries: the dashboards split requests by status_code. A body cut
+    # off or never finished is not the 200 its headers said; a body that is not JSON came whole, under its status.
+    code = {'truncated': 'truncated', 'timeout': 'timeout', 'empty_body': 200}.get(fault, options.get('status', fault))
+    if options.get('declared_length') == 'sent':
+        code = 200
+    aggregator.assert_metric(
+        'openai.check.api.requests',
+        value=2,
+        tags=['openai_account:test', 'endpoint:embeddings', f'status_code:{code}'],
+    )
 
 
 def _reason(fault, options):
