@@ -655,11 +655,15 @@ MUTATED = {
 }
 
 
-def mutation_summary(mutmut: Path) -> str:
+def mutation_results(mutmut: Path) -> dict:
+    """Every mutant's status as `mutmut results` tells it (killed, survived, not checked...)."""
     out = run([mutmut, 'results', '--all', 'true'], 'mutmut results', stdout=subprocess.PIPE, universal_newlines=True)
+    return dict(line.strip().rpartition(': ')[::2] for line in out.stdout.splitlines())
+
+
+def mutation_summary(results: dict) -> str:
     counts = {}
-    for line in out.stdout.splitlines():
-        name, _, status = line.strip().rpartition(': ')
+    for name, status in results.items():
         module = mutation_module(name)
         if module:
             counts.setdefault(module, {}).setdefault(status, 0)
@@ -681,9 +685,9 @@ import json, pathlib, mutmut.__main__ as m
 m.set_mutant_under_test('mutant_generation')
 m.copy_src_dir(); m.copy_also_copy_files(); m.setup_source_paths(); m.store_lines_covered_by_tests()
 m.create_mutants(2)
-names = {}
+names = []
 for meta in pathlib.Path('mutants').rglob('*.py.meta'):
-    names[str(meta)] = sorted(json.loads(meta.read_text())['exit_code_by_key'])
+    names += json.loads(meta.read_text())['exit_code_by_key']
 print(json.dumps(names))
 """
 
@@ -699,7 +703,7 @@ def mutation_sample(venv: Path, modules: list, per_module: int, seed: int) -> li
         universal_newlines=True,
         cwd=REPO,
     )
-    names = [n for ns in json.loads(out.stdout.splitlines()[-1]).values() for n in ns]
+    names = json.loads(out.stdout.splitlines()[-1])
     rng = random.Random(seed)
     chosen = []
     for module in modules:
@@ -715,18 +719,13 @@ def mutation_module(name: str) -> str | None:
     return None
 
 
-def sample_summary(mutmut: Path, chosen: list) -> str:
+def sample_summary(results: dict, chosen: list) -> str:
     """The sample's results per module, and the share killed with its 95% interval (Wilson's)."""
-    out = run([mutmut, 'results', '--all', 'true'], 'mutmut results', stdout=subprocess.PIPE, universal_newlines=True)
-    status = {}
-    for line in out.stdout.splitlines():
-        name, _, result = line.strip().rpartition(': ')
-        status[name] = result
     counts, total = {}, {}
     for name in chosen:
-        result = status.get(name, 'not run')
-        counts.setdefault(mutation_module(name), {}).setdefault(result, 0)
-        counts[mutation_module(name)][result] += 1
+        result = results.get(name, 'not run')
+        of_module = counts.setdefault(mutation_module(name), {})
+        of_module[result] = of_module.get(result, 0) + 1
         total[result] = total.get(result, 0) + 1
     rows = [f'{"module":<16} {"sampled":>8} {"killed":>7} {"survived":>9} {"other":>6}']
     for module, c in sorted(counts.items()) + [('all', total)]:
@@ -818,9 +817,10 @@ def cmd_mutation(args: list) -> int:
             (REPO / 'mutants' / 'sample.json').write_text(json.dumps({'seed': seed, 'mutants': chosen}))
         subprocess.call([mutmut, 'run', '--max-children', jobs, *targets], cwd=REPO)
         log('', f'Took {(time.monotonic() - started) / 60:.0f} min with {jobs} workers.')
-    print(mutation_summary(mutmut))
+    results = mutation_results(mutmut)
+    print(mutation_summary(results))
     if chosen:
-        print(sample_summary(mutmut, chosen))
+        print(sample_summary(results, chosen))
     return 0
 
 
