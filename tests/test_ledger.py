@@ -1028,3 +1028,36 @@ def test_a_state_of_format_2_with_no_dimension_reads_its_one_series():
     state = {'v': 2, 'shape': '1d||amount', 'horizon': T0, 'read_at': T0 + 1.0, 'series': [''], 'buckets': {}}
     state['buckets'][str(T0)] = [[0], [[1.5]]]
     assert dict(Ledger.loads(json.dumps(state)).buckets[T0].items()) == {(): (1.5,)}
+
+
+def test_a_ledger_packed_between_runs_comes_back_whole_in_objects_of_its_own():
+    # memory.repack: what a ledger keeps in small objects (series keys, bucket starts, digests) is dropped and made
+    # anew. Everything a run reads of it must come back: the buckets, what each save reuses (its compressed parts),
+    # the digests of settled buckets, and the table's order, which the saved parts' indices refer to.
+    c = completions()
+    ledger = None
+    for step in range(5):
+        now = T0 + step * H + 60
+        rows = [row(f'm{(step + i) % 7}', 10 * step + i, i) for i in range(4)]
+        pages = [bucket(T0 + (step - k) * H, *rows[k:]) for k in range(min(step, 2), -1, -1)]
+        ledger = c.run(PagesClient(pages, as_text=True), ledger, now).ledger
+    before = (ledger.dumps()[0], dict(ledger.digests), list(ledger.keys), dict(ledger._fragments), repr(ledger))
+    assert ledger.digests and ledger._fragments  # the case of a steady run: both are there to be kept
+    old_keys = list(ledger.keys)
+    packed = ledger.pack()
+    assert isinstance(packed, bytes)
+    assert ledger.keys == [] and ledger.index == {} and ledger.cells() == 0  # dropped until unpacked
+    ledger.unpack(packed)
+    assert (ledger.dumps()[0], ledger.digests, ledger.keys, ledger._fragments, repr(ledger)) == before
+    assert all(new is not old for new, old in zip(ledger.keys, old_keys))
+    assert {key: ledger.index[key] for key in old_keys} == {key: g for g, key in enumerate(old_keys)}
+    # And it goes on as the ledger it was: the next run submits what a ledger never packed submits.
+    twin = Ledger.loads(before[0])
+    twin.digests = dict(before[1])
+    now = T0 + 5 * H + 60
+    pages = [bucket(T0 + (5 - k) * H, row('m1', 99 + k, 1), row('new', 1, 1)) for k in range(2, -1, -1)]
+    after = c.run(PagesClient(pages, as_text=True), ledger, now)
+    c_twin = completions()
+    again = c_twin.run(PagesClient(pages, as_text=True), twin, now)
+    assert sorted(after.counts) == sorted(again.counts) and after.counts
+    assert after.ledger == again.ledger

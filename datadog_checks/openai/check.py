@@ -19,7 +19,7 @@ from .catalogue import CAN_CONNECT, CONTEXTS, LOGS_SENT, SERIES, SERVICE_CHECK, 
 from .client import ACCEPT_ENCODING, AuthError, OpenAIClient, TimeBudget
 from .config_models import ConfigMixin, InstanceConfig
 from .config_models import validators as rules
-from .memory import RELEASE_AFTER_ROWS, cyclic_collector_paused, release_freed_memory
+from .memory import RELEASE_AFTER_ROWS, cyclic_collector_paused, release_freed_memory, repack
 from .scrub import Scrubber, install_log_filter
 from .sources import NameSource, Outcome, Run, Source, StateStore, build_headroom_sources, build_sources
 from .tags import TagBuilder
@@ -154,6 +154,12 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         if rows >= RELEASE_AFTER_ROWS:
             # Only once the run's points are dropped too: they are freed after the pages, into the same heap.
             del run, outcomes
+            for source in repack(self.sources):
+                self.log.warning(
+                    '%s: could not rebuild what it keeps in memory between runs; it reads its saved state again at '
+                    'the next run (nothing is lost or counted twice).',
+                    source.name,
+                )
             release_freed_memory()
 
     def too_soon(self, now: float) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import pickle
 import zlib
 from array import array
 from collections.abc import Mapping
@@ -425,6 +426,32 @@ class Ledger:
                 for g in present:
                     slots.extend(column[g * stride : g * stride + stride])
                 self._write(start, [moved[g] for g in present], slots)
+
+    # -- between runs -------------------------------------------------------------------------------
+
+    def pack(self) -> bytes:
+        """The ledger's small objects (series keys and their strings, bucket starts, digests) as one block, dropped
+        from memory until unpack(). See memory.repack: made during a large read, they are scattered over the heap's
+        arenas among the read's freed objects, and keep those arenas from being given back."""
+        packed = pickle.dumps(
+            (self.keys, self._values, list(self._columns), list(self._fragments), list(self.digests.items())),
+            pickle.HIGHEST_PROTOCOL,
+        )
+        self._packed = (list(self._columns.values()), list(self._fragments.values()))
+        self.keys, self.index, self._values, self.digests = [], {}, {}, {}
+        self._columns, self._fragments = {}, {}
+        return packed
+
+    def unpack(self, packed: bytes) -> None:
+        """The ledger as it was before pack(), in objects made anew."""
+        keys, values, starts, fragment_starts, digests = pickle.loads(packed)
+        columns, fragments = self._packed
+        del self._packed
+        self.keys, self._values = keys, values
+        self.index = dict(zip(keys, range(len(keys))))
+        self._columns = dict(zip(starts, columns))
+        self._fragments = dict(zip(fragment_starts, fragments))
+        self.digests = dict(digests)
 
     # -- the saved state ----------------------------------------------------------------------------
 

@@ -99,3 +99,11 @@ class Source:
 
     def forget(self) -> None:
         """Drop what the source holds in memory, so that the next run starts again from the saved state."""
+
+    def pack(self) -> Any:
+        """What the source keeps between runs in many small objects, as one block, dropped from memory until
+        unpack() (see memory.repack); None when it keeps none worth it."""
+        return None
+
+    def unpack(self, packed: Any) -> None:
+        """What pack() dropped, in objects made anew."""

@@ -19,8 +19,10 @@ of each day (amount and quantity per line item, amount per project) goes to the 
 
 from __future__ import annotations
 
+import pickle
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..catalogue import MONTH_TO_DATE, PROJECT_MONTH_TO_DATE
 from ..headroom import RATE_DAYS, rate_window
@@ -290,6 +292,17 @@ class CostsSource(UsageSource):
     def forget(self) -> None:
         super().forget()
         self.kept, self.kept_at, self._pending = {}, None, None
+
+    def pack(self) -> Any:
+        # The kept days are read with the same pages as the ledger's keys: as scattered.
+        kept, self.kept = pickle.dumps(self.kept, pickle.HIGHEST_PROTOCOL), {}
+        return super().pack(), kept
+
+    def unpack(self, packed: Any) -> None:
+        ledger, kept = packed
+        if ledger is not None:
+            super().unpack(ledger)
+        self.kept = pickle.loads(kept)
 
     def _load(self, now: float) -> Ledger | None:
         ledger = super()._load(now)

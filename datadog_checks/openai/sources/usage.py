@@ -504,6 +504,12 @@ class UsageSource(Source):
         self.ledger = None
         self._loaded = False
 
+    def pack(self) -> Any:
+        return self.ledger.pack() if self.ledger is not None else None
+
+    def unpack(self, packed: Any) -> None:
+        self.ledger.unpack(packed)
+
     def _ledger(self, now: float) -> Ledger | None:
         """The ledger to compare with: the one in memory, else the saved one (read once), if it fits."""
         if not self._loaded:
