@@ -1031,9 +1031,10 @@ def test_a_state_of_format_2_with_no_dimension_reads_its_one_series():
 
 
 def test_a_ledger_packed_between_runs_comes_back_whole_in_objects_of_its_own():
-    # memory.repack: what a ledger keeps in small objects (series keys, bucket starts, digests) is dropped and made
-    # anew. Everything a run reads of it must come back: the buckets, what each save reuses (its compressed parts),
-    # the digests of settled buckets, and the table's order, which the saved parts' indices refer to.
+    # memory.pack: what a ledger keeps in small objects (series keys, bucket starts, digests) is held as one block
+    # between runs and made anew at the next. Everything a run reads of it must come back: the buckets, what each save
+    # reuses (its compressed parts), the digests of settled buckets, and the table's order, which the saved parts'
+    # indices refer to.
     c = completions()
     ledger = None
     for step in range(5):
@@ -1044,10 +1045,15 @@ def test_a_ledger_packed_between_runs_comes_back_whole_in_objects_of_its_own():
     before = (ledger.dumps()[0], dict(ledger.digests), list(ledger.keys), dict(ledger._fragments), repr(ledger))
     assert ledger.digests and ledger._fragments  # the case of a steady run: both are there to be kept
     old_keys = list(ledger.keys)
-    packed = ledger.pack()
-    assert isinstance(packed, bytes)
-    assert ledger.keys == [] and ledger.index == {} and ledger.cells() == 0  # dropped until unpacked
-    ledger.unpack(packed)
+    ledger.pack()
+    ledger.pack()  # a source that did not run since (a run cut short) is packed again: it keeps its block
+    assert ledger.packed and ledger.keys == [] and ledger.index == {} and ledger.digests == {}
+    # Packed, it reads as empty: compared or saved so, every series would be submitted again.
+    for use in (ledger.dumps, lambda: ledger.buckets, lambda: ledger.apply(Change(T0, T0))):
+        with pytest.raises(RuntimeError, match='packed'):
+            use()
+    ledger.unpack()
+    assert not ledger.packed
     assert (ledger.dumps()[0], ledger.digests, ledger.keys, ledger._fragments, repr(ledger)) == before
     assert all(new is not old for new, old in zip(ledger.keys, old_keys))
     assert {key: ledger.index[key] for key in old_keys} == {key: g for g, key in enumerate(old_keys)}
@@ -1056,8 +1062,9 @@ def test_a_ledger_packed_between_runs_comes_back_whole_in_objects_of_its_own():
     twin.digests = dict(before[1])
     now = T0 + 5 * H + 60
     pages = [bucket(T0 + (5 - k) * H, row('m1', 99 + k, 1), row('new', 1, 1)) for k in range(2, -1, -1)]
-    after = c.run(PagesClient(pages, as_text=True), ledger, now)
-    c_twin = completions()
-    again = c_twin.run(PagesClient(pages, as_text=True), twin, now)
+    ledger.pack()
+    c.source.ledger = ledger
+    after = c.run(PagesClient(pages, as_text=True), ledger, now)  # the source unpacks it before reading
+    again = completions().run(PagesClient(pages, as_text=True), twin, now)
     assert sorted(after.counts) == sorted(again.counts) and after.counts
     assert after.ledger == again.ledger

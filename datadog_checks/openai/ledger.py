@@ -248,6 +248,8 @@ class Ledger:
         # what the bucket holds already), so a run skips most of its window, which stopped changing. Not saved:
         # after a restart every bucket is compared.
         self.digests: dict[int, tuple[Any, int, int]] = {}
+        # Between runs, what pack() holds (None: the ledger is in memory).
+        self._packed: tuple | None = None
         for start, cells in (buckets or {}).items():
             self._fill(start, [self._intern(key) for key in cells], [_flat(self._pad(v)) for v in cells.values()])
 
@@ -329,6 +331,7 @@ class Ledger:
 
     @property
     def buckets(self) -> BucketsView:
+        self._in_memory()
         return BucketsView(self)
 
     def cells(self) -> int:
@@ -375,6 +378,7 @@ class Ledger:
 
     def apply(self, change: Change, prune: bool = True) -> None:
         """Take `change` in: call it only once the ledger with the change was saved."""
+        self._in_memory()
         if change.new_keys:
             if change.first_new != len(self.keys):
                 raise ValueError('a change applied to another ledger than the one it was read against')
@@ -429,29 +433,39 @@ class Ledger:
 
     # -- between runs -------------------------------------------------------------------------------
 
-    def pack(self) -> bytes:
-        """The ledger's small objects (series keys and their strings, bucket starts, digests) as one block, dropped
-        from memory until unpack(). See memory.repack: made during a large read, they are scattered over the heap's
-        arenas among the read's freed objects, and keep those arenas from being given back."""
-        packed = pickle.dumps(
+    def pack(self) -> None:
+        """Hold the ledger's small objects (series keys and their strings, bucket starts, digests) as one block
+        until unpack(), the arrays and saved parts as they are. See memory.pack: made during a large read, those
+        objects are scattered over the heap's arenas among the read's freed objects, and keep them all."""
+        if self._packed is not None:
+            return  # a source that did not run since (a run cut short) is packed already
+        block = pickle.dumps(
             (self.keys, self._values, list(self._columns), list(self._fragments), list(self.digests.items())),
             pickle.HIGHEST_PROTOCOL,
         )
-        self._packed = (list(self._columns.values()), list(self._fragments.values()))
+        self._packed = (block, list(self._columns.values()), list(self._fragments.values()))
         self.keys, self.index, self._values, self.digests = [], {}, {}, {}
         self._columns, self._fragments = {}, {}
-        return packed
 
-    def unpack(self, packed: bytes) -> None:
+    @property
+    def packed(self) -> bool:
+        return self._packed is not None
+
+    def unpack(self) -> None:
         """The ledger as it was before pack(), in objects made anew."""
-        keys, values, starts, fragment_starts, digests = pickle.loads(packed)
-        columns, fragments = self._packed
-        del self._packed
+        block, columns, fragments = self._packed
+        keys, values, starts, fragment_starts, digests = pickle.loads(block)
         self.keys, self._values = keys, values
         self.index = dict(zip(keys, range(len(keys))))
         self._columns = dict(zip(starts, columns))
         self._fragments = dict(zip(fragment_starts, fragments))
         self.digests = dict(digests)
+        self._packed = None
+
+    def _in_memory(self) -> None:
+        # A packed ledger reads as empty: compared or saved so, every series would be submitted again.
+        if self._packed is not None:
+            raise RuntimeError('the ledger is packed: unpack() it first')
 
     # -- the saved state ----------------------------------------------------------------------------
 
@@ -462,6 +476,7 @@ class Ledger:
         then two columns, the table indices of its series and their values, built with C-level calls per
         bucket rather than a Python call per cell, and saved compressed (format 4): the state of a large
         organization is saved every run."""
+        self._in_memory()
         if change is not None:
             # Only the buckets the change writes to are copied (a memcpy each); the others are shared, read only.
             ledger = self._copy(change.cells)

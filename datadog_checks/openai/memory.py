@@ -10,7 +10,7 @@ Python's own allocator keeps small objects in arenas of 1 MiB and gives an arena
 is freed. A large read fills a hundred arenas with decoded rows; the few objects made meanwhile that outlive the run
 (the ledgers' series keys, the costs' kept days, the standard library's cache of parsed URLs) end up scattered over
 all of them, and hold them all: 105 arenas for 36 MB of live objects after the benchmark's large organization's
-first run. repack() makes those objects anew once the run's are freed, so that they fill few arenas.
+first run. pack() has them held as blocks between runs, made anew at the next run, so that they fill few arenas.
 
 And the time a large read costs: the cyclic garbage collector is paused while a source reads (see
 cyclic_collector_paused).
@@ -52,35 +52,27 @@ def release_freed_memory() -> bool:
     return True
 
 
-def repack(sources: Iterable) -> list:
-    """Make anew what the sources keep between runs in small objects (Source.pack, Source.unpack); the sources that
-    could not be restored, forgotten (they read their saved state again at the next run, which holds what they held:
-    the state is saved before a run's change is taken in memory).
+def pack(sources: Iterable) -> list:
+    """Have the sources hold what they keep between runs in small objects as blocks until their next run (Source.pack),
+    then free what the run left in reference cycles; the sources that could not pack, forgotten (they read their saved
+    state again at the next run, which holds what they held: the state is saved before a run's change is applied in
+    memory).
 
-    Everything is packed before anything is unpacked: while one source's objects are still in place, another's
-    would be made in the holes around them, in the same arenas."""
-    packed, failed = [], []
+    Unpacked at the start of the next run, before anything is read, those objects are made where the heap has room
+    then, in few arenas; and between runs the Agent holds a few MB of blocks instead of them."""
+    failed = []
     for source in sources:
         try:
-            block = source.pack()
+            source.pack()
         except Exception:
             source.forget()
             failed.append(source)
-            continue
-        if block is not None:
-            packed.append((source, block))
     # The standard library keeps the last 128 URLs it parsed (urlsplit), with their parts: the run's own requests.
     clear_cache = getattr(urllib.parse, 'clear_cache', None)
     if clear_cache is not None:
         clear_cache()
     # What the run left in reference cycles (the collector is paused while a source reads) still holds its arenas.
     gc.collect()
-    for source, block in packed:
-        try:
-            source.unpack(block)
-        except Exception:
-            source.forget()
-            failed.append(source)
     return failed
 
 

@@ -100,10 +100,9 @@ class Source:
     def forget(self) -> None:
         """Drop what the source holds in memory, so that the next run starts again from the saved state."""
 
-    def pack(self) -> Any:
-        """What the source keeps between runs in many small objects, as one block, dropped from memory until
-        unpack() (see memory.repack); None when it keeps none worth it."""
-        return None
+    def pack(self) -> None:
+        """Hold what the source keeps between runs in many small objects as one block until its next run, which
+        unpacks it first (see memory.pack)."""
 
-    def unpack(self, packed: Any) -> None:
-        """What pack() dropped, in objects made anew."""
+    def unpack(self) -> None:
+        """What pack() held, in memory again; called at the start of every run, packed or not."""

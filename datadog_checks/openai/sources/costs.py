@@ -22,7 +22,6 @@ from __future__ import annotations
 import pickle
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..catalogue import MONTH_TO_DATE, PROJECT_MONTH_TO_DATE
 from ..headroom import RATE_DAYS, rate_window
@@ -118,6 +117,8 @@ class CostsSource(UsageSource):
         # layout (a refused group_by) reads it whole again.
         self.kept: dict[int, Day] = {}
         self.kept_at: float | None = None
+        # Between runs, the kept days as pack() holds them (None: in memory).
+        self._kept_block: bytes | None = None
         self.full_read = True
         self._pending: tuple[dict[int, Day], float | None] | None = None
         # Found by name: the group_by decides where the project sits in a key, and the currency is always last.
@@ -291,18 +292,19 @@ class CostsSource(UsageSource):
 
     def forget(self) -> None:
         super().forget()
-        self.kept, self.kept_at, self._pending = {}, None, None
+        self.kept, self.kept_at, self._pending, self._kept_block = {}, None, None, None
 
-    def pack(self) -> Any:
-        # The kept days are read with the same pages as the ledger's keys: as scattered.
-        kept, self.kept = pickle.dumps(self.kept, pickle.HIGHEST_PROTOCOL), {}
-        return super().pack(), kept
+    def pack(self) -> None:
+        # The kept days are read from the same pages as the ledger's keys: as scattered.
+        if self._kept_block is None:
+            self._kept_block, self.kept = pickle.dumps(self.kept, pickle.HIGHEST_PROTOCOL), {}
+        super().pack()
 
-    def unpack(self, packed: Any) -> None:
-        ledger, kept = packed
-        if ledger is not None:
-            super().unpack(ledger)
-        self.kept = pickle.loads(kept)
+    def _unpacked(self) -> None:
+        if self._kept_block is not None:
+            block, self._kept_block = self._kept_block, None
+            self.kept = pickle.loads(block)
+        super()._unpacked()
 
     def _load(self, now: float) -> Ledger | None:
         ledger = super()._load(now)

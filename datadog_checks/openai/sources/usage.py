@@ -172,6 +172,7 @@ class UsageSource(Source):
     # -- a run ---------------------------------------------------------------------------------
 
     def collect(self, run: Run) -> Outcome:
+        self.unpack()
         outcome = self._collect(run)
         refused = [d for d in self.endpoint.refused_group_by if d in self.group_by]
         if isinstance(outcome.error, RequestRefused) and refused:
@@ -504,11 +505,27 @@ class UsageSource(Source):
         self.ledger = None
         self._loaded = False
 
-    def pack(self) -> Any:
-        return self.ledger.pack() if self.ledger is not None else None
+    def pack(self) -> None:
+        if self.ledger is not None:
+            self.ledger.pack()
 
-    def unpack(self, packed: Any) -> None:
-        self.ledger.unpack(packed)
+    def unpack(self) -> None:
+        """What pack() held, in memory again before a run reads anything. A source that cannot take it back reads its
+        saved state again, which holds the same: the state is saved before a run's change is applied in memory."""
+        try:
+            self._unpacked()
+        except Exception as e:
+            self.forget()
+            self.log.warning(
+                '%s: could not take back what it keeps in memory between runs (%s); read its saved state again '
+                '(nothing is lost or counted twice).',
+                self.name,
+                e,
+            )
+
+    def _unpacked(self) -> None:
+        if self.ledger is not None and self.ledger.packed:
+            self.ledger.unpack()
 
     def _ledger(self, now: float) -> Ledger | None:
         """The ledger to compare with: the one in memory, else the saved one (read once), if it fits."""
