@@ -665,7 +665,7 @@ def test_what_the_check_keeps_packed_between_runs_changes_no_figure(
     # run. Some runs, two sources cannot take theirs back: they read their saved state again. Either way nothing is
     # lost and nothing counted twice.
     from datadog_checks.openai import check as check_module
-    from datadog_checks.openai.sources import UsageSource
+    from datadog_checks.openai.sources import CostsSource, UsageSource
 
     monkeypatch.setattr(check_module, 'RELEASE_AFTER_ROWS', 1)
     unpacked = UsageSource._unpacked
@@ -680,6 +680,16 @@ def test_what_the_check_keeps_packed_between_runs_changes_no_figure(
         unpacked(self)
 
     monkeypatch.setattr(UsageSource, '_unpacked', unpack_or_fail)
+    # The costs' kept days come back too: without them every run would read the whole month again.
+    plan = CostsSource.plan
+    whole_readings = []
+
+    def plan_and_note(self, ledger, now):
+        window = plan(self, ledger, now)
+        whole_readings.append(self.full_read)
+        return window
+
+    monkeypatch.setattr(CostsSource, 'plan', plan_and_note)
     check = make_check()
     runs = 12 * 14
     for i in range(runs):
@@ -690,6 +700,9 @@ def test_what_the_check_keeps_packed_between_runs_changes_no_figure(
         clock.advance(300)
     dd_run_check(check)
     assert taken_back.count('completions') == taken_back.count('costs') > 100
+    # Hourly (every 12th run), and at each run whose costs could not take their days back.
+    failures = len([i for i in range(runs) if i % 10 == 4])
+    assert runs // 12 <= sum(whole_readings) <= runs // 12 + failures + 1
     failed = [r.getMessage() for r in caplog.records if 'read its saved state again' in r.getMessage()]
     assert sorted(m.split(':')[0] for m in failed) == sorted(
         ['completions', 'costs'] * len([i for i in range(runs) if i % 10 == 4])
