@@ -213,20 +213,44 @@ class Simulator:
 # -- memory -------------------------------------------------------------------------------------------
 
 
+def _read_file(path: str) -> bytes:
+    """A file's bytes, read with the os module's calls. The benchmark's own `open()` calls (the state written as the
+    Agent would write it, /proc/self/status read around every run) left a block or a few behind each time (tracemalloc):
+    made during a run, each held one of Python's arenas as a long-lived object of the check would, so the memory held
+    between runs climbed with the number of runs, and the check was charged for it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return b''.join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
 def _status_kb(field: str) -> int | None:
     try:
-        with open('/proc/self/status') as f:
-            m = re.search(rf'^{field}:\s+(\d+) kB', f.read(), re.M)
+        m = re.search(rf'^{field}:\s+(\d+) kB', _read_file('/proc/self/status').decode(), re.M)
         return int(m.group(1)) if m else None
     except OSError:
         return None
 
 
 def _reset_peak() -> bool:
-    """Reset the process's peak RSS (Linux >= 4.0); False where that is not possible."""
     try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
+        _write_file('/proc/self/clear_refs', b'5')
         return True
     except OSError:
         return False
@@ -374,16 +398,13 @@ class DiskCache(MutableMapping):
 
     def __getitem__(self, key: str) -> str:
         try:
-            with open(self._path(key), encoding='utf-8') as f:
-                return f.read()
+            return _read_file(self._path(key)).decode('utf-8')
         except FileNotFoundError:
             raise KeyError(key) from None
 
     def __setitem__(self, key: str, value: str) -> None:
-        with open(self._path(key), 'w', encoding='utf-8') as f:
-            f.write(value)
-        with open(self._path(key) + '.key', 'w', encoding='utf-8') as f:
-            f.write(key)
+        _write_file(self._path(key), value.encode('utf-8'))
+        _write_file(self._path(key) + '.key', key.encode('utf-8'))
 
     def __delitem__(self, key: str) -> None:
         for path in (self._path(key), self._path(key) + '.key'):
@@ -392,8 +413,7 @@ class DiskCache(MutableMapping):
     def __iter__(self):
         for name in sorted(os.listdir(self.folder)):
             if name.endswith('.key'):
-                with open(os.path.join(self.folder, name), encoding='utf-8') as f:
-                    yield f.read()
+                yield _read_file(os.path.join(self.folder, name)).decode('utf-8')
 
     def __len__(self) -> int:
         return sum(1 for name in os.listdir(self.folder) if name.endswith('.key'))
@@ -485,7 +505,13 @@ class Bench:
         check.collect = observed_collect
         check.build = observed_build
         check.check_initializations[-1] = observed_build
-        self.runs: list[dict] = []
+        # Every run's record, as JSON text: held as dicts, the objects of a record made after each run stayed in the
+        # heap's arenas among the check's and kept some from being given back (see _read_file).
+        self._records: list[str] = []
+
+    @property
+    def runs(self) -> list[dict]:
+        return [json.loads(text) for text in self._records]
 
     def _sleep(self, seconds: float) -> None:
         self.clock.advance(seconds)
@@ -523,7 +549,7 @@ class Bench:
         self.sink.clear()
         flows = sum(r.counts for r in self.results)
         record = {
-            'run': len(self.runs) + 1,
+            'run': len(self._records) + 1,
             'time': self.clock.now(),
             'wall_s': wall,
             'cpu_s': cpu,
@@ -561,7 +587,7 @@ class Bench:
             record['pages'] = [r for r in log if r['start_time'] is not None]
             record.update(apart(functools.partial(self.measured_apart, record, log, points)))
         del points, log
-        self.runs.append(record)
+        self._records.append(json.dumps(record, default=str))
         self.results = []  # the check keeps none of them: neither should the benchmark, between runs
         self.aggregator.reset()
         # The benchmark's own bookkeeping (the saved state read back, the cells counted, a floor's bodies and points)
@@ -804,17 +830,18 @@ def large_org(p: dict, profile: bool) -> dict:
         profile_text = None
         if profile:
             profile_text = profile_run(bench)
-        last = bench.runs[reported[-1] - 1]
+        records = bench.runs
+        last = records[reported[-1] - 1]
         window = describe_window(minimum_requests(last['pages']), last['time'])
         simulator = {'series': sim.series, 'describe': sim.describe}
-    for r in bench.runs:
+    for r in records:
         r.pop('pages', None)
     return {
         'sizes': {'completions': p['series'], 'other': p['other'], 'projects': p['projects'], 'runs': runs},
         'simulator': simulator,
         'start': start,
         'reported_runs': reported,
-        'runs': bench.runs,
+        'runs': records,
         'window': window,
         'profile': profile_text,
     }
