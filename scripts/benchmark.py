@@ -249,6 +249,7 @@ def _status_kb(field: str) -> int | None:
 
 
 def _reset_peak() -> bool:
+    """Reset the process's peak RSS (Linux >= 4.0); False where that is not possible."""
     try:
         _write_file('/proc/self/clear_refs', b'5')
         return True
@@ -469,7 +470,7 @@ class Bench:
             if outcome is None:
                 return None
             ledger = getattr(source, 'ledger', None)
-            if ledger is not None and not source.derived and hasattr(ledger, 'cells'):
+            if ledger is not None and not source.derived:
                 # Counted here, while the ledger is in memory (the check packs it at the end of a large run), and
                 # left out of the run's CPU time.
                 cpu = time.process_time()

@@ -721,15 +721,20 @@ def test_a_row_of_minus_one_is_malformed_even_where_the_ledger_holds_a_field_nev
     assert ledger.buckets[T0][('m',)][1] is None
 
 
+def hourly_run(step):
+    """The clock and pages of one hourly run: five rows, the last three buckets revised, models coming and going."""
+    now = T0 + step * H + 60
+    rows = [row(f'm{(step + i) % 9}', 10 * step + i, i) for i in range(5)]
+    return now, [bucket(T0 + (step - k) * H, *rows[k:]) for k in range(min(step, 3), -1, -1)]
+
+
 def test_what_is_saved_after_each_change_is_what_a_fresh_ledger_saves():
     # Saving reuses each unchanged bucket's saved part (Ledger._fragments): after changes, new series, series
     # that leave the window and a reload, the text saved is still exactly that of the ledger it stands for.
     c = completions()
     ledger = None
     for step in range(12):
-        now = T0 + step * H + 60
-        rows = [row(f'm{(step + i) % 9}', 10 * step + i, i) for i in range(5)]
-        pages = [bucket(T0 + (step - k) * H, *rows[k:]) for k in range(min(step, 3), -1, -1)]
+        now, pages = hourly_run(step)
         result = c.run(PagesClient(pages), ledger, now)
         ledger = result.ledger
         text = c.state['ledger_completions']
@@ -1038,9 +1043,7 @@ def test_a_ledger_packed_between_runs_comes_back_whole_in_objects_of_its_own():
     c = completions()
     ledger = None
     for step in range(5):
-        now = T0 + step * H + 60
-        rows = [row(f'm{(step + i) % 7}', 10 * step + i, i) for i in range(4)]
-        pages = [bucket(T0 + (step - k) * H, *rows[k:]) for k in range(min(step, 2), -1, -1)]
+        now, pages = hourly_run(step)
         ledger = c.run(PagesClient(pages, as_text=True), ledger, now).ledger
     before = (ledger.dumps()[0], dict(ledger.digests), list(ledger.keys), dict(ledger._fragments), repr(ledger))
     assert ledger.digests and ledger._fragments  # the case of a steady run: both are there to be kept
