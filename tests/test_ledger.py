@@ -7,16 +7,18 @@ simulator are in test_exactly_once.py.
 import base64
 import functools
 import json
+import logging
+import weakref
 import zlib
 from dataclasses import dataclass, field
 
 import pytest
 
 from datadog_checks.openai.catalogue import ENDPOINTS_BY_NAME, MONTH_TO_DATE, PROJECT_MONTH_TO_DATE
-from datadog_checks.openai.client import BadResponse, TransientError
+from datadog_checks.openai.client import BadResponse, OpenAIClient, TimeBudget, TransientError
 from datadog_checks.openai.ledger import Change, Ledger, shape_of
 from datadog_checks.openai.sources import CostsSource, Run, StateStore, UsageSource
-from datadog_checks.openai.sources.pages import decode_page
+from datadog_checks.openai.sources.pages import Read, decode_page
 from datadog_checks.openai.sources.usage import Windows, month_start
 
 from .conftest import opened_state
@@ -1071,3 +1073,46 @@ def test_a_ledger_packed_between_runs_comes_back_whole_in_objects_of_its_own():
     again = completions().run(PagesClient(pages, as_text=True), twin, now)
     assert sorted(after.counts) == sorted(again.counts) and after.counts
     assert after.ledger == again.ledger
+
+
+def test_each_bucket_and_each_page_is_freed_before_the_next_is_read():
+    # A bucket's rows can hold its page's whole text (a Known: some 60 MB at 100,000 series): what the source keeps of
+    # one bucket while it reads the next, or of a page while the next arrives, adds to the run's peak. Read through
+    # the client's pages, as the check reads them: the client keeps nothing of a page once its buckets are taken, and
+    # the source nothing of a bucket once it is compared.
+    c = completions()
+    held = weakref.WeakSet()
+    seen = []
+
+    class Freed(Read):
+        """A bucket's rows that note how many buckets' rows are still held when they are read."""
+
+        @property
+        def rows(self):
+            if self not in noted:
+                noted.add(self)
+                seen.append(('bucket', len(held)))
+            return self.tally.rows
+
+    noted = weakref.WeakSet()
+
+    def rows(*models):
+        tally = c.source.tally()
+        tally.add([row(m, 5, 1) for m in models])
+        kept = Freed(tally, None)
+        held.add(kept)
+        return kept
+
+    def get_json(path, params, endpoint, decode=None):
+        seen.append(('page', len(held)))
+        starts = (T0 + 2 * H,) if ('page', 'p2') in params else (T0, T0 + H)
+        data = [dict(bucket(start), results=rows('m1', 'm2')) for start in starts]
+        return {'data': data, 'has_more': len(starts) == 2, 'next_page': 'p2' if len(starts) == 2 else None}
+
+    client = OpenAIClient(None, 'http://sim', TimeBudget(60), 0, (5, 5), logging.getLogger(__name__))
+    client.get_json = get_json
+    c.source.rows_per_bucket = 2  # the window in one query (a baseline of unknown size reads one bucket first)
+    result = c.run(client, None, T0 + 2 * H + 60)
+    assert result.complete and result.outcome.rows == 6
+    # The first bucket is read with its page's second; the second alone; the next page arrives with nothing held.
+    assert seen == [('page', 0), ('bucket', 2), ('bucket', 1), ('page', 0), ('bucket', 1)]

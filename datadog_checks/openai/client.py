@@ -398,9 +398,11 @@ class OpenAIClient:
                 )
             more, next_page, empty = body.get('has_more'), body.get('next_page'), not data
             # Nothing of this page is kept once the caller is done with it: the next page is never decoded
-            # while this one is still in memory.
+            # while this one is still in memory. This frame holds the Page the caller drains, not another list
+            # of its buckets, which would keep each one alive past its turn.
             del body
-            yield Page(data)
+            data = Page(data)
+            yield data
             del data
             # Defensive stops: the costs endpoint has been seen to return a cursor after its last page.
             if not more or not next_page or empty or next_page in seen:

@@ -203,11 +203,7 @@ class UsageSource(Source):
                 for page in run.client.iter_buckets_pages(
                     self.endpoint.path, params, self.name, decode=self._decoder(reading)
                 ):
-                    # A page the client lets go of bucket by bucket (client.Page): each bucket's rows are freed
-                    # once compared, before the next bucket's are read.
-                    drain = getattr(page, 'drain', None)
-                    for bucket in drain() if drain is not None else page:
-                        self._read_bucket(reading, bucket, run.now)
+                    self._read_page(reading, page, run.now)
                     del page
             outcome.complete = True
         except ApiError as e:
@@ -222,6 +218,14 @@ class UsageSource(Source):
             # Before the next source's pages: the free heap left fragmented by these would add to their peak.
             release_freed_memory()
         return self._conclude(reading, outcome, run.now)
+
+    def _read_page(self, reading: Reading, page: list, now: float) -> None:
+        # A page the client lets go of bucket by bucket (client.Page): each bucket's rows are freed once compared,
+        # before the next bucket's are read. Read here, not in the caller's loop, whose variable would hold the
+        # page's last bucket (and through a Known, the page's whole text) while the next page is received.
+        drain = getattr(page, 'drain', None)
+        for bucket in drain() if drain is not None else page:
+            self._read_bucket(reading, bucket, now)
 
     def plan(self, ledger: Ledger | None, now: float) -> Window:
         seconds = BUCKET_SECONDS[self.width]
