@@ -15,6 +15,7 @@ import re
 import threading
 import time
 import tracemalloc
+import weakref
 import zlib
 from pathlib import Path
 
@@ -350,6 +351,53 @@ def test_a_compression_bomb_is_refused_with_bounded_memory(
     peak = peak_memory(lambda: dd_run_check(check))
     assert peak < 3 * CAP, f'peak {peak / 2**20:.1f} MiB for a {CAP / 2**20:.0f} MiB limit'
     assert any('is larger than the 4 MiB' in w for w in check.warnings)
+
+
+@pytest.mark.parametrize('maps', [True, False])
+def test_a_page_is_received_in_memory_of_its_own_given_back_by_its_last_reader(maps, monkeypatch):
+    # A page is received into a mapping of its own rather than grown in the C heap (client.Received); where no
+    # mapping can be made (a strict commit limit, a platform without it), into a bytearray, which reads the same.
+    if not maps:
+
+        def refuse(*args):
+            raise OSError(12, 'Cannot allocate memory')
+
+        monkeypatch.setattr(client_module.mmap, 'mmap', refuse)
+    received = client_module.Received(64, mapped=True)
+    for piece in (b'{"data":', bytearray(b'[1,2]'), memoryview(b'}')):
+        received += piece
+    assert len(received) == 14 and received.find(b'[1,2]') == 8 and received.find(b'sk-admin') == -1
+    assert (received.map is not None) is maps
+    text = received.value()
+    assert text == b'{"data":[1,2]}' and json.loads(bytes(text)) == {'data': [1, 2]}
+    if not maps:
+        return
+    assert text.readonly
+    with pytest.raises(ValueError):
+        received += b'x' * 51  # never past its room, however the chunks come: the limit is refused before
+    mapping = weakref.ref(received.map)
+    del received
+    assert mapping() is not None  # the text read from it keeps it
+    del text
+    assert mapping() is None
+
+
+def test_a_decoder_that_reads_no_view_is_given_bytes(hostile, make, dd_run_check, monkeypatch):
+    # The standard library's decoder (the Agent ships orjson, which reads views) is given a bytearray.
+    client_module._decoder_reads_views.cache_clear()
+    assert client_module._decoder_reads_views() is (importlib.util.find_spec('orjson') is not None)
+    client_module._decoder_reads_views.cache_clear()
+    monkeypatch.setattr(client_module, 'json', type('StdJson', (), {'decode': staticmethod(json.loads)}))
+    try:
+        assert not client_module._decoder_reads_views()
+        # Pages of rows (decoded a part at a time, in bytes) and a page without rows (decoded whole, from the body).
+        pages = iter([page(bucket(HOUR, completions_row(100, model='m'))), page()])
+        hostile.respond = lambda request: Reply(200, next(pages, page()), JSON)
+        check = make(group_by={'completions': ['model']})
+        dd_run_check(check)
+        assert last_status().status == AgentCheck.OK, check.warnings
+    finally:
+        client_module._decoder_reads_views.cache_clear()  # worked out again with the real decoder
 
 
 @pytest.mark.parametrize('size', [60_000, 5 * 2**20])
