@@ -238,6 +238,10 @@ class OpenAICheck(AgentCheck, ConfigMixin):
                     # rest of the run: the message is all the health report needs.
                     outcome.error.__traceback__ = None
                 self.commit(source, outcome)
+            if outcome.rows >= RELEASE_AFTER_ROWS:
+                # What its save made (its text, the rows of its changed buckets) is freed into the heap the next
+                # source reads and saves in: given back, it does not add to their peak.
+                release_freed_memory()
             return outcome
         except Exception as e:
             # A bug or a response shape nobody foresaw must not cost the other sources their run. What the
