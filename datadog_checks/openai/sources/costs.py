@@ -91,8 +91,9 @@ class Bill:
 
 
 class QuantityPoints(Sequence):
-    """A run's counts of costs, the quantity's with the unit of their line item as one more tag, made as they are read:
-    a list of them took some 60 MB at the benchmark's bill of 321,526 cost series, at the run's peak."""
+    """A run's counts of costs, the quantity's with the unit of their line item as one more tag, each made as it is
+    submitted: made all at once, as a list, they took some 60 MB at the run's peak for the benchmark's bill of 321,526
+    cost series."""
 
     def __init__(self, points: Sequence, name: str, dims: tuple[str, ...], units: dict[Key, str]):
         self.points = points
