@@ -163,14 +163,14 @@ class CostsSource(UsageSource):
         # The unit is not part of a series key (a line item has one unit; keeping it out keeps the ledger's keys and
         # the amount's tags as they were): it is noted per key as the rows are read.
         read_key = self.key_of
+        # Looked up at each row: each run notes its units in a dict of its own (collect), which its points keep.
         self.units: dict[Key, str] = {}
-        source = self
 
         def key_of(row: dict) -> Key:
             key = read_key(row)
             unit = row.get('quantity_unit')
             if unit.__class__ is str:
-                source.units[key] = unit
+                self.units[key] = unit
             return key
 
         self.key_of = key_of
