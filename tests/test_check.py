@@ -494,14 +494,16 @@ def test_the_cyclic_collector_is_paused_while_a_source_reads_and_submits_and_res
 
     monkeypatch.setattr(UsageSource, '_read_bucket', spy)
     check = make_check(usage_endpoints=['completions', 'embeddings'], collect_costs=False)
-    count = check.count
+    from datadog_checks.base.stubs import aggregator as stub
 
-    def counted(name, *args, **kwargs):
+    submit = stub.submit_metric
+
+    def counted(check, check_id, mtype, name, *args):
         if name.startswith('openai.api.usage.'):
             submitting.append(gc.isenabled())
-        return count(name, *args, **kwargs)
+        return submit(check, check_id, mtype, name, *args)
 
-    check.count = counted
+    monkeypatch.setattr(stub, 'submit_metric', counted)
     clock.advance(30 * H)
     dd_run_check(check)
     clock.advance(300)

@@ -22,6 +22,7 @@ from .config_models import validators as rules
 from .memory import RELEASE_AFTER_ROWS, cyclic_collector_paused, pack, release_freed_memory
 from .scrub import Scrubber, install_log_filter
 from .sources import NameSource, Outcome, Run, Source, StateStore, build_headroom_sources, build_sources
+from .submit import COUNT, GAUGE, Sender
 from .tags import TagBuilder
 
 # A cluster check's state older than this many collection intervals is not caught up from.
@@ -118,7 +119,8 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         # warns without counting in the run's verdict.
         self.headroom: list[Source] = build_headroom_sources(config, self.names, self.log)
         self.sources_by_name.update((s.name, s) for s in self.headroom)
-        self.tags = TagBuilder(self.base_tags, self.names)
+        self.sender = Sender(self)
+        self.tags = TagBuilder(self.base_tags, self.names, self.sender.normalize)
 
     def agent_sends_logs(self) -> bool:
         """Whether the Agent ships the logs the check sends; warns (once, at the first run) when it does not."""
@@ -289,12 +291,13 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         # collector to track, which on a large organization's run means fewer full collections.
         contexts: dict[str, set[int]] = {}
         dims_of = tags_of = None
-        for submit, points in ((self.count, outcome.counts), (self.gauge, outcome.gauges)):
+        for mtype, points in ((COUNT, outcome.counts), (GAUGE, outcome.gauges)):
+            send = self.sender.of(mtype)
             for metric, value, dims, key in points:
                 if dims is not dims_of:  # a source's points share their dimensions, but for a few
                     dims_of, tags_of = dims, self.tags.of(dims)
                 tags = tags_of(key)
-                submit(metric, value, tags=tags)
+                send(metric, value, tags)
                 seen = contexts.get(metric)
                 if seen is None:
                     seen = contexts[metric] = set()

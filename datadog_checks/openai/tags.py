@@ -56,21 +56,33 @@ class TagBuilder:
     an id when it is known. Built once per series and run: kept between runs, they would hold a list per
     series for nothing, and names refreshed meanwhile would not reach them."""
 
-    def __init__(self, base_tags: list[str], names):
+    def __init__(self, base_tags: list[str], names, normalize: Callable[[list[str]], list[str]] | None = None):
         self.base_tags = base_tags
         self.names = names
+        # Applied once per distinct tag set (submit.Sender.normalize): points then pass their tags on as they are.
+        self.normalize = normalize or (lambda tags: tags)
         self._series: dict[tuple[str, ...], dict[tuple[str, ...], list[str]]] = {}
         self._tag_sets: dict[tuple[str, ...], list[str]] = {}
         self._fragments: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._readers: dict[tuple[str, ...], Callable[[tuple[str, ...]], list[str]]] = {}
 
     def of(self, dims: tuple[str, ...]) -> Callable[[tuple[str, ...]], list[str]]:
         """key -> the tags of that series of `dims`. Series whose tags come out the same share one list: the Agent
         keys a context on the metric name and the set of tags, so they make one context (one custom metric), which
         the check counts by the identity of these lists."""
+        # One reader per dims and run: costs' points alternate between two dims (the quantity's has its unit), and a
+        # reader made anew at each point cost more than its tags.
+        reader = self._readers.get(dims)
+        if reader is None:
+            reader = self._readers[dims] = self._reader(dims)
+        return reader
+
+    def _reader(self, dims: tuple[str, ...]) -> Callable[[tuple[str, ...]], list[str]]:
         series = self._series.setdefault(dims, {})
         fragments = self._fragments
-        shared = self._tag_sets.setdefault
+        tag_sets = self._tag_sets
         base = self.base_tags
+        normalize = self.normalize
 
         def tags_of(key: tuple[str, ...]) -> list[str]:
             tags = series.get(key)
@@ -83,7 +95,11 @@ class TagBuilder:
                     if fragment is None:
                         fragment = fragments[dim_value] = self.dimension_tags(*dim_value)
                     tags.extend(fragment)
-                tags = series[key] = shared(tuple(tags), tags)
+                tag_set = tuple(tags)
+                shared = tag_sets.get(tag_set)
+                if shared is None:
+                    shared = tag_sets[tag_set] = normalize(tags)
+                tags = series[key] = shared
             return tags
 
         return tags_of
@@ -98,6 +114,7 @@ class TagBuilder:
         return (tag(dim, value),)
 
     def forget(self) -> None:
+        self._readers.clear()
         self._series.clear()
         self._tag_sets.clear()
         self._fragments.clear()

@@ -1,0 +1,118 @@
+"""The check's points reach the aggregator exactly as AgentCheck.count and gauge would send them (submit.py)."""
+
+from __future__ import annotations
+
+import pytest
+from datadog_checks.base import AgentCheck
+from datadog_checks.base.stubs import aggregator as stub
+
+from datadog_checks.openai.submit import COUNT, GAUGE, Sender
+from datadog_checks.openai.tags import TagBuilder
+
+TAGS = ['account:prod', 'host:build-7', 'project_id:proj_1', 'model:gpt-4o', 'service:checkout', 'batch:false']
+
+
+class Plain(AgentCheck):
+    def check(self, _):
+        pass
+
+
+class Namespaced(Plain):
+    __NAMESPACE__ = 'ns'
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Every call the aggregator receives, argument for argument (the check itself left out: it is the same)."""
+    received = []
+
+    def record(check, check_id, mtype, name, value, tags, hostname, flush_first_value):
+        received.append((check_id, mtype, name, value, type(value), list(tags), hostname, flush_first_value))
+
+    monkeypatch.setattr(stub, 'submit_metric', record)
+    return received
+
+
+def both_ways(make, calls, points):
+    """What count/gauge of one check send for `points`, and what a Sender sends for them from another check made
+    the same way (state such as a metric limiter's is each check's own)."""
+    check = make()
+    through_check = {COUNT: check.count, GAUGE: check.gauge}
+    for mtype, name, value, tags in points:
+        through_check[mtype](name, value, tags=tags)
+    expected = list(calls)
+    calls.clear()
+    sender = Sender(make())
+    for mtype, name, value, tags in points:
+        sender.of(mtype)(name, value, sender.normalize(list(tags)))
+    return expected, list(calls), sender
+
+
+POINTS = [
+    (COUNT, 'openai.api.usage.completions.input_tokens', 12, TAGS),
+    (COUNT, 'openai.api.usage.completions.output_tokens', 3.5, TAGS[:3]),
+    (GAUGE, 'openai.api.costs.month_to_date', 41.25, ['account:prod', 'currency:usd']),
+    (COUNT, 'openai.api.usage.completions.input_tokens', 7, []),
+]
+
+
+@pytest.mark.parametrize(
+    'cls, instance, points, mark',
+    [
+        (Plain, {}, 4, 'host:build-7'),
+        (Plain, {'disable_generic_tags': True}, 4, 'openai_host:build-7'),
+        (Namespaced, {}, 4, 'ns.openai.api.costs.month_to_date'),
+        (Plain, {'metric_patterns': {'exclude': ['output_tokens$'], 'include': ['^openai\\.']}}, 3, 'input_tokens'),
+        (Plain, {'metric_patterns': {'include': ['costs']}}, 1, 'month_to_date'),
+    ],
+    ids=['plain', 'generic-tags-renamed', 'namespace', 'exclude-pattern', 'include-pattern'],
+)
+def test_the_aggregator_receives_what_count_and_gauge_would_send(calls, cls, instance, points, mark):
+    expected, sent, sender = both_ways(lambda: cls('openai', {}, [instance]), calls, POINTS)
+    assert sender.direct
+    assert sent == expected
+    # The cases differ where they should: points left out, a tag renamed, a name prefixed; every value a float.
+    assert len(sent) == points and mark in repr(sent)
+    assert {call[4] for call in sent} == {float}
+
+
+def test_a_metric_limiter_sends_every_point_through_count_and_gauge(calls):
+    through = []
+
+    def make():
+        check = Plain('openai', {}, [{'max_returned_metrics': 2}])
+        count = check.count
+        check.count = lambda *a, **k: through.append(a[0]) or count(*a, **k)
+        return check
+
+    expected, sent, sender = both_ways(make, calls, POINTS)
+    assert sender.check.metric_limiter is not None and not sender.direct
+    assert sent == expected
+    assert len(sent) == 2  # the limiter stopped the rest, as it would have
+    assert through.count('openai.api.usage.completions.input_tokens') == 4  # twice each way: both went through count
+
+
+def test_tag_lists_are_normalized_once_per_distinct_set_and_shared(calls):
+    check = Plain('openai', {}, [{'disable_generic_tags': True}])
+    sender = Sender(check)
+    normalized = []
+
+    def normalize(tags):
+        normalized.append(tuple(tags))
+        return sender.normalize(tags)
+
+    class Names:
+        enabled = {}
+
+    builder = TagBuilder(['account:prod', 'host:a'], Names(), normalize)
+    tags_of = builder.of(('project_id', 'model'))
+    a, b, again = tags_of(('proj_1', 'gpt-4o')), tags_of(('proj_2', 'gpt-4o')), tags_of(('proj_1', 'gpt-4o'))
+    assert a is again and a is not b
+    assert builder.of(('project_id', 'model')) is tags_of  # one reader per dims and run
+    assert len(normalized) == 2
+    assert a == ['account:prod', 'openai_host:a', 'project_id:proj_1', 'model:gpt-4o']
+    send = sender.of(COUNT)
+    send('openai.api.usage.completions.input_tokens', 1, a)
+    raw = ['account:prod', 'host:a', 'project_id:proj_1', 'model:gpt-4o']
+    check.count('openai.api.usage.completions.input_tokens', 1, tags=raw)
+    assert calls[0] == calls[1]
