@@ -92,7 +92,7 @@ def test_a_metric_limiter_sends_every_point_through_count_and_gauge(calls):
     assert through.count('openai.api.usage.completions.input_tokens') == 4  # twice each way: both went through count
 
 
-def test_tag_lists_are_normalized_once_per_distinct_set_and_shared(calls):
+def test_tags_are_normalized_once_per_value_and_shared_by_the_series_whose_tags_are_the_same(calls):
     check = Plain('openai', {}, [{'disable_generic_tags': True}])
     sender = Sender(check)
     normalized = []
@@ -105,14 +105,18 @@ def test_tag_lists_are_normalized_once_per_distinct_set_and_shared(calls):
         enabled = {}
 
     builder = TagBuilder(['account:prod', 'host:a'], Names(), normalize)
-    tags_of = builder.of(('project_id', 'model'))
-    a, b, again = tags_of(('proj_1', 'gpt-4o')), tags_of(('proj_2', 'gpt-4o')), tags_of(('proj_1', 'gpt-4o'))
-    assert a is again and a is not b
-    assert builder.of(('project_id', 'model')) is tags_of  # one reader per dims and run
-    assert len(normalized) == 2
-    assert a == ['account:prod', 'openai_host:a', 'project_id:proj_1', 'model:gpt-4o']
+    tags_of = builder.of(('project_id', 'model', 'host'))
+    a, b = tags_of(('proj_1', 'gpt-4o', 'x')), tags_of(('proj_2', 'gpt-4o', 'x'))
+    again = tags_of(('proj_1', 'gpt-4o', 'x'))
+    # A model written otherwise that Datadog would store the same: one tag list, one context.
+    same = tags_of(('proj_1', 'GPT-4o', 'x'))
+    assert a is again and a is same and a is not b
+    assert builder.of(('project_id', 'model', 'host')) is tags_of  # one reader per dims and run
+    # The account's tags once, then each value once: proj_1, gpt-4o, x, proj_2, GPT-4o.
+    assert len(normalized) == 6
+    assert a == ['account:prod', 'openai_host:a', 'project_id:proj_1', 'model:gpt-4o', 'openai_host:x']
     send = sender.of(COUNT)
     send('openai.api.usage.completions.input_tokens', 1, a)
-    raw = ['account:prod', 'host:a', 'project_id:proj_1', 'model:gpt-4o']
+    raw = ['account:prod', 'host:a', 'project_id:proj_1', 'model:gpt-4o', 'host:x']
     check.count('openai.api.usage.completions.input_tokens', 1, tags=raw)
     assert calls[0] == calls[1]

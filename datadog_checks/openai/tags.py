@@ -59,11 +59,13 @@ class TagBuilder:
     def __init__(self, base_tags: list[str], names, normalize: Callable[[list[str]], list[str]] | None = None):
         self.base_tags = base_tags
         self.names = names
-        # Applied once per distinct tag set (submit.Sender.normalize): points then pass their tags on as they are.
-        self.normalize = normalize or (lambda tags: tags)
+        # The base class's checks of a point's tags (submit.Sender.normalize), which go tag by tag: applied once to the
+        # account's tags and to each dimension value's, the tags of every series come out as the base class sends them.
+        self.normalize = normalize or list
         self._series: dict[tuple[str, ...], dict[tuple[str, ...], list[str]]] = {}
         self._tag_sets: dict[tuple[str, ...], list[str]] = {}
-        self._fragments: dict[tuple[str, str], tuple[str, ...]] = {}
+        # dimension -> value -> its tags
+        self._fragments: dict[str, dict[str, list[str]]] = {}
         self._readers: dict[tuple[str, ...], Callable[[tuple[str, ...]], list[str]]] = {}
 
     def of(self, dims: tuple[str, ...]) -> Callable[[tuple[str, ...]], list[str]]:
@@ -79,26 +81,25 @@ class TagBuilder:
 
     def _reader(self, dims: tuple[str, ...]) -> Callable[[tuple[str, ...]], list[str]]:
         series = self._series.setdefault(dims, {})
-        fragments = self._fragments
+        per_dim = tuple(self._fragments.setdefault(dim, {}) for dim in dims)
         tag_sets = self._tag_sets
-        base = self.base_tags
-        normalize = self.normalize
+        base = tuple(self.normalize(list(self.base_tags)))
+        normalize, dimension_tags = self.normalize, self.dimension_tags
 
         def tags_of(key: tuple[str, ...]) -> list[str]:
             tags = series.get(key)
             if tags is None:
                 tags = list(base)
-                for dim_value in zip(dims, key):
-                    if not dim_value[1]:
+                for fragments, dim, value in zip(per_dim, dims, key):
+                    if not value:
                         continue  # a dimension OpenAI did not group by (null) is left out, not tagged `none`
-                    fragment = fragments.get(dim_value)
+                    fragment = fragments.get(value)
                     if fragment is None:
-                        fragment = fragments[dim_value] = self.dimension_tags(*dim_value)
-                    tags.extend(fragment)
-                tag_set = tuple(tags)
-                shared = tag_sets.get(tag_set)
+                        fragment = fragments[value] = normalize(list(dimension_tags(dim, value)))
+                    tags += fragment
+                shared = tag_sets.get(tag_set := tuple(tags))
                 if shared is None:
-                    shared = tag_sets[tag_set] = normalize(tags)
+                    shared = tag_sets[tag_set] = tags
                 tags = series[key] = shared
             return tags
 
