@@ -455,6 +455,27 @@ def test_the_largest_figure_is_accepted_and_one_beyond_it_is_malformed():
     Ledger.loads(ledger.dumps()[0])
 
 
+def test_a_figure_beyond_the_largest_is_malformed_even_where_a_double_would_round_it_to_the_one_held():
+    # Rows are compared with a bucket of floats as doubles, where 2**53 + 1 is 2**53: equal, it would pass unchanged.
+    from datadog_checks.openai.catalogue import ENDPOINTS_BY_NAME
+
+    # Every field reported (a row with a field unreported is compared otherwise).
+    every = {f.name: 0 for f in ENDPOINTS_BY_NAME['completions'].flows}
+
+    def whole(model, input_tokens):
+        return {**row(model, input_tokens), **{k: v for k, v in every.items() if k != 'input_tokens'}}
+
+    c = completions()
+    ledger = c.run(PagesClient([bucket(T0, whole('a', 0.5), whole('b', 2**53))]), None, T0 + 60).ledger
+    assert ledger.column(T0).typecode == 'd' and None not in ledger.buckets[T0][('b',)]
+    result = c.run(PagesClient([bucket(T0, whole('a', 0.5), whole('b', 2**53 + 1))]), ledger, T0 + 120)
+    assert result.malformed == 1 and list(result.counts) == []
+    assert ledger.buckets[T0][('b',)][0] == 2**53
+    # Equal figures within the bound are unchanged rows, in a bucket of floats as in one of integers.
+    result = c.run(PagesClient([bucket(T0, whole('a', 0.5), whole('b', 2**53))]), ledger, T0 + 180)
+    assert result.malformed == 0 and list(result.counts) == []
+
+
 def test_malformed_rows_and_buckets_are_counted_across_a_read_and_spare_the_rest():
     c = completions()
     ledger = c.run(PagesClient([bucket(T0), bucket(T0 + H)]), None, T0 + H + 60).ledger

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..catalogue import BUCKET_SECONDS, Endpoint
 from ..client import ApiError, BadResponse, PageDecoder, RequestRefused, TooLarge
-from ..ledger import ABSENT, UNREPORTED, BucketView, Change, Key, LazyCells, Ledger, Values, shape_of
+from ..ledger import ABSENT, MAX_VALUE, UNREPORTED, BucketView, Change, Key, LazyCells, Ledger, Values, shape_of
 from ..memory import RELEASE_AFTER_ROWS, release_freed_memory
 from .base import Outcome, Run, Source, StateStore
 from .pages import Known, Read, decode_page
@@ -383,11 +383,12 @@ class UsageSource(Source):
         base, change = reading.base, reading.change
         index_of, keys, row = base.index.get, base.keys, base.row
         column = base.column(start)
-        # Floats are compared as tuples: a figure beyond 2**53 could round to the one the ledger holds.
-        if column is None or column.typecode == 'd':
+        if column is None:
             known, typecode = 0, None
         else:
             known, typecode = len(column), column.typecode
+        # In a column of doubles (costs), a figure beyond 2**53, malformed, could round to the one the ledger holds.
+        bound = MAX_VALUE if typecode == 'd' else None
         stride = base.stride
         indices, slots = [], []
         rejected = []
@@ -401,7 +402,11 @@ class UsageSource(Source):
                     # Compared as numbers in the bucket's own array, without a Python object per figure. A row
                     # equal to it only through a figure of -1 (UNREPORTED) is malformed: left to the check below.
                     try:
-                        if column[at : at + stride] == array(typecode, values) and UNREPORTED not in values:
+                        if (
+                            column[at : at + stride] == array(typecode, values)
+                            and UNREPORTED not in values
+                            and (bound is None or max(values, default=0) <= bound)
+                        ):
                             continue  # most of the window has not changed since the previous run
                     except (TypeError, OverflowError):  # a None (UNREPORTED in the ledger), a wider figure
                         pass
