@@ -20,6 +20,7 @@ from datadog_checks.openai.ledger import Change, Ledger, shape_of
 from datadog_checks.openai.sources import CostsSource, Run, StateStore, UsageSource
 from datadog_checks.openai.sources.pages import Read, decode_page
 from datadog_checks.openai.sources.usage import Windows, month_start
+from datadog_checks.openai.tags import LookedUp
 
 from .conftest import opened_state
 
@@ -95,6 +96,13 @@ class _Log:
         pass
 
 
+def series_key(dims, key):
+    """A point's key with the value of each of its dimensions: a looked-up one (costs' quantity_unit) appended."""
+    if isinstance(dims, LookedUp):
+        return key + (dims.value_of(key) or '',)
+    return key
+
+
 @dataclass
 class Result:
     outcome: object
@@ -103,7 +111,7 @@ class Result:
     gauges: list = field(init=False)
 
     def __post_init__(self):
-        self.counts = [(name, value, key) for name, value, _, key in self.outcome.counts]
+        self.counts = [(name, value, series_key(dims, key)) for name, value, dims, key in self.outcome.counts]
         self.gauges = [
             (name, value, key)
             for name, value, _, key in self.outcome.gauges

@@ -7,7 +7,7 @@ from datadog_checks.base import AgentCheck
 from datadog_checks.base.stubs import aggregator as stub
 
 from datadog_checks.openai.submit import COUNT, GAUGE, Sender
-from datadog_checks.openai.tags import TagBuilder
+from datadog_checks.openai.tags import LookedUp, TagBuilder
 
 TAGS = ['account:prod', 'host:build-7', 'project_id:proj_1', 'model:gpt-4o', 'service:checkout', 'batch:false']
 
@@ -120,3 +120,24 @@ def test_tags_are_normalized_once_per_value_and_shared_by_the_series_whose_tags_
     raw = ['account:prod', 'host:a', 'project_id:proj_1', 'model:gpt-4o', 'host:x']
     check.count('openai.api.usage.completions.input_tokens', 1, tags=raw)
     assert calls[0] == calls[1]
+
+
+def test_a_looked_up_dimension_gives_the_tags_and_lists_of_the_key_with_its_value_appended():
+    class Names:
+        enabled = {}
+
+    dims = ('project_id', 'line_item', 'currency')
+    units = {('p1', 'gpt-4o, input', 'usd'): 'tokens', ('p1', 'GPT-4o, input', 'usd'): 'TOKENS'}
+    keys = [*units, ('p3', 'web search', 'usd')]  # p3 has no unit noted: no tag for it
+    looked_up, appended = TagBuilder(['account:prod'], Names()), TagBuilder(['account:prod'], Names())
+    tags_of = looked_up.of(LookedUp(dims, 'quantity_unit', units.get))
+    plain_of = looked_up.of(dims)
+    expected_of = appended.of(dims + ('quantity_unit',))
+    got = [tags_of(key) for key in keys]
+    assert got == [expected_of(key + (units.get(key, ''),)) for key in keys]
+    assert got[0] == ['account:prod', 'project_id:p1', 'line_item:gpt-4o_input', 'currency:usd', 'quantity_unit:tokens']
+    # Series whose tags come out the same share one list (one context), as the appended keys' do.
+    assert got[1] is got[0] and tags_of(keys[1]) is got[0]
+    assert expected_of(keys[1] + ('TOKENS',)) is expected_of(keys[0] + ('tokens',))
+    # Without a unit, the series' tags are those of its amount, the same list.
+    assert got[2] is plain_of(keys[2])

@@ -290,13 +290,16 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         # Sets of ints per metric rather than a (metric, tags) tuple per point: no object per point for the garbage
         # collector to track, which on a large organization's run means fewer full collections.
         contexts: dict[str, set[int]] = {}
-        dims_of = tags_of = None
+        dims_of = tags_of = key_of = tags = None
         for mtype, points in ((COUNT, outcome.counts), (GAUGE, outcome.gauges)):
             send = self.sender.of(mtype)
             for metric, value, dims, key in points:
-                if dims is not dims_of:  # a source's points share their dimensions, but for a few
-                    dims_of, tags_of = dims, self.tags.of(dims)
-                tags = tags_of(key)
+                # A series' points come one after the other (one per field that changed), with the same key object:
+                # its tags are looked up once.
+                if key is not key_of or dims is not dims_of:
+                    if dims is not dims_of:  # a source's points share their dimensions, but for a few
+                        dims_of, tags_of = dims, self.tags.of(dims)
+                    key_of, tags = key, tags_of(key)
                 send(metric, value, tags)
                 seen = contexts.get(metric)
                 if seen is None:

@@ -51,6 +51,19 @@ def tag(dim: str, value: str) -> str:
     return f'{dim}:{tag_value(dim, value)}'
 
 
+class LookedUp:
+    """The dimensions of points whose series key lacks the last one: its value is looked up from the key with
+    `value_of` (None or '': not tagged). Costs' quantity_unit, noted per series as the rows are read (sources/costs.py),
+    is so: its points share the amount's key, and their tags are the amount's and the unit's."""
+
+    __slots__ = ('dims', 'dim', 'value_of')
+
+    def __init__(self, dims: tuple[str, ...], dim: str, value_of: Callable[[tuple[str, ...]], str | None]):
+        self.dims = dims
+        self.dim = dim
+        self.value_of = value_of
+
+
 class TagBuilder:
     """The tags of every series a run submits: the account's, then each dimension's, with the name next to
     an id when it is known. Built once per series and run: kept between runs, they would hold some 350 bytes per
@@ -80,7 +93,9 @@ class TagBuilder:
             reader = self._readers[dims] = self._reader(dims)
         return reader
 
-    def _reader(self, dims: tuple[str, ...]) -> Callable[[tuple[str, ...]], list[str]]:
+    def _reader(self, dims: tuple[str, ...] | LookedUp) -> Callable[[tuple[str, ...]], list[str]]:
+        if isinstance(dims, LookedUp):
+            return self._looked_up(dims)
         series = self._series.setdefault(dims, {})
         per_dim = tuple(self._fragments.setdefault(dim, {}) for dim in dims)
         tag_sets = self._tag_sets
@@ -102,6 +117,33 @@ class TagBuilder:
                 if shared is None:
                     shared = tag_sets[tag_set] = tags
                 tags = series[key] = shared
+            return tags
+
+        return tags_of
+
+    def _looked_up(self, dims: LookedUp) -> Callable[[tuple[str, ...]], list[str]]:
+        """key -> the tags of the series of `dims.dims` with that key, then those of the value looked up, made as the
+        reader of _reader would make them for the key with that value appended (the same lists, shared alike)."""
+        parent, value_of, dim = self.of(dims.dims), dims.value_of, dims.dim
+        fragments = self._fragments.setdefault(dim, {})
+        series: dict[tuple[str, ...], list[str]] = {}
+        tag_sets, normalize, dimension_tags = self._tag_sets, self.normalize, self.dimension_tags
+
+        def tags_of(key: tuple[str, ...]) -> list[str]:
+            tags = series.get(key)
+            if tags is None:
+                tags = parent(key)
+                value = value_of(key)
+                if value:
+                    fragment = fragments.get(value)
+                    if fragment is None:
+                        fragment = fragments[value] = normalize(list(dimension_tags(dim, value)))
+                    tags = tags + fragment
+                    shared = tag_sets.get(tag_set := tuple(tags))
+                    if shared is None:
+                        shared = tag_sets[tag_set] = tags
+                    tags = shared
+                series[key] = tags
             return tags
 
         return tags_of

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import pickle
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..catalogue import MONTH_TO_DATE, PROJECT_MONTH_TO_DATE
 from ..headroom import RATE_DAYS, rate_window
 from ..ledger import Key, Ledger, shape_of
+from ..tags import LookedUp
 from .base import Outcome, Run
 from .rows import valid_values
 from .usage import UsageSource, Window, floor_to, month_start
@@ -90,35 +90,6 @@ class Bill:
     complete: bool = False
 
 
-class QuantityPoints(Sequence):
-    """A run's counts of costs, the quantity's with the unit of their line item as one more tag, each made as it is
-    submitted: made all at once, as a list, they took some 60 MB at the run's peak for the benchmark's bill of 321,526
-    cost series."""
-
-    def __init__(self, points: Sequence, name: str, dims: tuple[str, ...], units: dict[Key, str]):
-        self.points = points
-        self.name = name
-        self.dims = dims
-        self.units = units
-
-    def _point(self, point: tuple) -> tuple:
-        metric, value, _, key = point
-        if metric == self.name:
-            return (metric, value, self.dims, key + (self.units.get(key, ''),))
-        return point
-
-    def __len__(self) -> int:
-        return len(self.points)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self._point(point) for point in self.points[i]]
-        return self._point(self.points[i])
-
-    def __iter__(self):
-        return map(self._point, self.points)
-
-
 class CostsSource(UsageSource):
     def window_start(self, now: float, seconds: int) -> int:
         return min(month_start(now), self._revised(now), rate_window(now)[0])
@@ -155,11 +126,9 @@ class CostsSource(UsageSource):
         names = [f.name for f in self.endpoint.flows]
         self.amount_slot = names.index('amount')
         self.quantity_slot = names.index('quantity')
-        self.quantity_name = self.flow_names[self.quantity_slot]
         self.currency_slot = self.dims.index('currency')
         self.project_slot = self.dims.index('project_id') if 'project_id' in self.dims else None
         self.line_item_slot = self.dims.index('line_item') if 'line_item' in self.dims else None
-        self.quantity_dims = self.dims + ('quantity_unit',)
         # The unit is not part of a series key (a line item has one unit; keeping it out keeps the ledger's keys and
         # the amount's tags as they were): it is noted per key as the rows are read.
         read_key = self.key_of
@@ -199,8 +168,7 @@ class CostsSource(UsageSource):
             by_project=self.project_slot is not None,
             complete=outcome.complete,
         )
-        outcome.counts = QuantityPoints(outcome.counts, self.quantity_name, self.quantity_dims, self.units)
-        # The units, like the days read, hold strings of the pages: kept by this run's points only.
+        # The units, like the days read, hold strings of the pages: kept by this run's points only (points_dims).
         self.units = {}
         if outcome.complete:
             # Only a complete read covers the whole month.
@@ -239,6 +207,13 @@ class CostsSource(UsageSource):
         self.read.clear()
         return super()._collect(run)
 
+    def points_dims(self) -> tuple:
+        # The quantity's points carry the amount's key: their unit, noted per key as the rows are read, is looked up as
+        # their tags are made. Appended to each key per point, it cost a tuple and a Python call a point.
+        dims = [self.dims] * len(self.flow_names)
+        dims[self.quantity_slot] = LookedUp(self.dims, 'quantity_unit', self.units.get)
+        return tuple(dims)
+
     def _diff_bucket(self, reading, start: int, rows, now: float) -> None:
         if start < reading.base.horizon:
             # A day the saved state no longer compares (it left the re-read window before the window reached back
@@ -263,17 +238,38 @@ class CostsSource(UsageSource):
         return start in self.kept
 
     def bucket_read(self, start: int, current: dict, submitted: dict, changed: dict, rejected: list, now: float):
+        """A day's rows added to its bill and, in the month or the rate's days, to its totals: in one pass (a large
+        organization's day is some 50,000 rows, each read for both)."""
         day = self._day(start)
-        self._note_bill(day, current, rejected)
-        if start < self.month and start < self.rate_from:
-            return
-        for key in rejected:
-            # The month's total counts what was last submitted for a rejected row, as the ledger does.
-            if key in submitted:
-                current[key] = submitted[key]
-            else:
-                del current[key]
-        self._add(day, current)
+        totals = day.totals if start >= self.month or start >= self.rate_from else None
+        bad = set(rejected)
+        lines, projects, bill_projects, unit_of = day.lines, day.projects, day.bill_projects, self.units.get
+        amount, quantity = self.amount_slot, self.quantity_slot
+        currency_slot, project_slot, item_slot = self.currency_slot, self.project_slot, self.line_item_slot
+        for key, values in current.items():
+            if key in bad:
+                # Left out of the bill; the month's total counts what was last submitted for it, as the ledger does.
+                if totals is not None and key in submitted:
+                    self._add(day, {key: submitted[key]})
+                continue
+            value = values[amount]
+            if value is None:
+                continue
+            currency = key[currency_slot] or 'usd'
+            if project_slot is not None:
+                project = (key[project_slot], currency)
+                bill_projects[project] = bill_projects.get(project, 0.0) + value
+                if totals is not None:
+                    projects[project] += value
+            if totals is not None:
+                totals[currency] += value
+            if item_slot is not None and key[item_slot]:
+                item = (key[item_slot], unit_of(key, ''), currency)
+                line = lines.get(item)
+                if line is None:
+                    line = lines[item] = [0.0, 0.0]
+                line[0] += value
+                line[1] += values[quantity] or 0
 
     def _add(self, day: Day, current: dict) -> None:
         """Add a day's costs to its totals, by currency and by project."""
@@ -287,27 +283,6 @@ class CostsSource(UsageSource):
             totals[currency] += value
             if project_slot is not None:
                 project_totals[(key[project_slot], currency)] += value
-
-    def _note_bill(self, day: Day, current: dict, rejected: list) -> None:
-        bad = set(rejected)
-        lines, projects, unit_of = day.lines, day.bill_projects, self.units.get
-        amount, quantity = self.amount_slot, self.quantity_slot
-        currency_slot, project_slot, item_slot = self.currency_slot, self.project_slot, self.line_item_slot
-        for key, values in current.items():
-            value = values[amount]
-            if value is None or key in bad:
-                continue
-            currency = key[currency_slot] or 'usd'
-            if project_slot is not None:
-                project = (key[project_slot], currency)
-                projects[project] = projects.get(project, 0.0) + value
-            if item_slot is not None and key[item_slot]:
-                item = (key[item_slot], unit_of(key, ''), currency)
-                line = lines.get(item)
-                if line is None:
-                    line = lines[item] = [0.0, 0.0]
-                line[0] += value
-                line[1] += values[quantity] or 0
 
     def apply(self, outcome: Outcome) -> None:
         super().apply(outcome)
