@@ -43,8 +43,10 @@ def both_ways(make, calls, points):
     expected = list(calls)
     calls.clear()
     sender = Sender(make())
+    contexts = {}
     for mtype, name, value, tags in points:
-        sender.of(mtype)(name, value, sender.normalize(list(tags)))
+        normalized = sender.normalize(list(tags))
+        sender.submit(mtype, [(name, value, ('dim',), ('key',))], lambda dims, t=normalized: lambda key: t, contexts)
     return expected, list(calls), sender
 
 
@@ -115,8 +117,8 @@ def test_tags_are_normalized_once_per_value_and_shared_by_the_series_whose_tags_
     # The account's tags once, then each value once: proj_1, gpt-4o, x, proj_2, GPT-4o.
     assert len(normalized) == 6
     assert a == ['account:prod', 'openai_host:a', 'project_id:proj_1', 'model:gpt-4o', 'openai_host:x']
-    send = sender.of(COUNT)
-    send('openai.api.usage.completions.input_tokens', 1, a)
+    point = ('openai.api.usage.completions.input_tokens', 1, ('project_id', 'model', 'host'), ('proj_1', 'gpt-4o', 'x'))
+    sender.submit(COUNT, [point], builder.of, {})
     raw = ['account:prod', 'host:a', 'project_id:proj_1', 'model:gpt-4o', 'host:x']
     check.count('openai.api.usage.completions.input_tokens', 1, tags=raw)
     assert calls[0] == calls[1]
@@ -141,3 +143,35 @@ def test_a_looked_up_dimension_gives_the_tags_and_lists_of_the_key_with_its_valu
     assert expected_of(keys[1] + ('TOKENS',)) is expected_of(keys[0] + ('tokens',))
     # Without a unit, the series' tags are those of its amount, the same list.
     assert got[2] is plain_of(keys[2])
+
+
+def test_a_series_tags_are_looked_up_once_and_its_contexts_counted_per_metric_and_tag_list(calls):
+    sender = Sender(Plain('openai', {}, [{}]))
+    looked_up = []
+    lists = {('p1',): ['project_id:p1'], ('p2',): ['project_id:p2'], ('P1',): None}
+    lists[('P1',)] = lists[('p1',)]  # written otherwise, the same tags: the same list
+
+    def tags_of(dims):
+        def read(key):
+            looked_up.append((dims, key))
+            return lists[key]
+
+        return read
+
+    a, b, c = ('project_id',), ('project_id', 'quantity_unit'), ('p1',)
+    input_tokens, output_tokens, quantity = 'openai.api.in', 'openai.api.out', 'openai.api.quantity'
+    points = [
+        (input_tokens, 1, a, c),
+        (output_tokens, 2, a, c),  # the same series: its tags are not looked up again
+        (input_tokens, 3, a, ('p2',)),
+        (input_tokens, 4, a, ('P1',)),  # another series with the same tags: no new context
+        (quantity, 5, b, ('p2',)),  # dims alternate, as costs' do
+        (input_tokens, 6, a, ('p2',)),
+    ]
+    contexts = {}
+    sender.submit(COUNT, points, tags_of, contexts)
+    assert [(name, value, tags) for _, _, name, value, _, tags, _, _ in calls] == [
+        (name, float(value), lists[key]) for name, value, _, key in points
+    ]
+    assert looked_up == [(a, c), (a, ('p2',)), (a, ('P1',)), (b, ('p2',)), (a, ('p2',))]
+    assert {name: len(ids) for name, ids in contexts.items()} == {input_tokens: 2, output_tokens: 1, quantity: 1}

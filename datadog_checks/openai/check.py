@@ -290,21 +290,8 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         # Sets of ints per metric rather than a (metric, tags) tuple per point: no object per point for the garbage
         # collector to track, which on a large organization's run means fewer full collections.
         contexts: dict[str, set[int]] = {}
-        dims_of = tags_of = key_of = tags = None
-        for mtype, points in ((COUNT, outcome.counts), (GAUGE, outcome.gauges)):
-            send = self.sender.of(mtype)
-            for metric, value, dims, key in points:
-                # A series' points come one after the other (one per field that changed), with the same key object:
-                # its tags are looked up once.
-                if key is not key_of or dims is not dims_of:
-                    if dims is not dims_of:  # a source's points share their dimensions, but for a few
-                        dims_of, tags_of = dims, self.tags.of(dims)
-                    key_of, tags = key, tags_of(key)
-                send(metric, value, tags)
-                seen = contexts.get(metric)
-                if seen is None:
-                    seen = contexts[metric] = set()
-                seen.add(id(tags))
+        self.sender.submit(COUNT, outcome.counts, self.tags.of, contexts)
+        self.sender.submit(GAUGE, outcome.gauges, self.tags.of, contexts)
         self.gauge(CONTEXTS.name, sum(map(len, contexts.values())), tags=self.base_tags + endpoint)
 
     def report_health(self, run: Run, outcomes: list[Outcome], started: float) -> None:
