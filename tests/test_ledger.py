@@ -443,6 +443,24 @@ def test_a_field_reported_for_the_first_time_is_submitted_whole():
     assert totals(result.counts) == {(OUT, ('m',)): 40}
 
 
+def test_a_field_reported_late_is_submitted_whole_in_a_row_whose_figures_are_all_reported_now():
+    # Every figure of the row is a number now (the comparison's fast path): the one not reported before still counts
+    # from nothing, not from the mark the ledger holds for it.
+    c = Collector('costs', '1d', ('project_id', 'line_item'))
+    ledger = c.run(PagesClient([bucket(T0, width=86400)]), None, T0 + H).ledger
+    first = dict(_cost('p1', {'value': 2.0, 'currency': 'usd'}), quantity_unit='tokens')
+    ledger = c.run(PagesClient([bucket(T0, first, width=86400)]), ledger, T0 + 2 * H).ledger
+    assert ledger.buckets[T0][('p1', 'x', 'usd')] == (2.0, None)
+    later = dict(first, amount={'value': 2.5, 'currency': 'usd'}, quantity=40)
+    result = c.run(PagesClient([bucket(T0, later, width=86400)]), ledger, T0 + 3 * H)
+    key = ('p1', 'x', 'usd')
+    assert totals(result.counts) == {
+        ('openai.api.costs.amount', key): 0.5,
+        ('openai.api.costs.quantity', key + ('tokens',)): 40,
+    }
+    assert result.ledger.buckets[T0][key] == (2.5, 40)
+
+
 @pytest.mark.parametrize('flag', [True, False])
 def test_a_boolean_figure_is_not_a_number(flag):
     c = completions()

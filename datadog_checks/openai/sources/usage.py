@@ -404,6 +404,8 @@ class UsageSource(Source):
         rejected = []
         # A baseline records the increases without submitting them.
         out = None if reading.window.baseline else reading.counts.appenders()
+        if out is not None:
+            add_metric, add_value, add_key = out
         for key, values in current.items():
             g = index_of(key)
             if g is None:
@@ -413,15 +415,28 @@ class UsageSource(Source):
                 if at < known and column[at] != ABSENT:
                     # Compared as numbers in the bucket's own array, without a Python object per figure. A row
                     # equal to it only through a figure of -1 (UNREPORTED) is malformed: left to the check below.
+                    before = column[at : at + stride]
                     try:
-                        if (
-                            column[at : at + stride] == array(typecode, values)
-                            and UNREPORTED not in values
-                            and (bound is None or max(values, default=0) <= bound)
-                        ):
-                            continue  # most of the window has not changed since the previous run
+                        same = before == array(typecode, values)
                     except (TypeError, OverflowError):  # a None (UNREPORTED in the ledger), a wider figure
-                        pass
+                        same = None
+                    if same:
+                        if UNREPORTED not in values and (bound is None or max(values, default=0) <= bound):
+                            continue  # most of the window has not changed since the previous run
+                    elif same is False and UNREPORTED not in before and valid_values(values):
+                        # Changed, every figure reported now and before (the array took them all, none is None):
+                        # what stands submitted becomes the row itself, each difference a point.
+                        key = keys[g]
+                        if out is not None:
+                            for i, v in enumerate(values):
+                                delta = v - before[i]
+                                if delta:
+                                    add_metric(i)
+                                    add_value(delta)
+                                    add_key(key)
+                        indices.append(g)
+                        slots.extend(values)
+                        continue
                 old = row(start, g)
                 if old == values:
                     continue
