@@ -806,7 +806,7 @@ def log(message: str) -> None:
     sys.stderr.flush()
 
 
-def large_org(p: dict, profile: bool) -> dict:
+def large_org(p: dict, profile: bool, replays: int = 0) -> dict:
     from tests.simulator import DEFAULT_TRAFFIC_START
 
     series = {name: p['other'] for name in OTHER_USAGE + ('costs',)}
@@ -833,6 +833,7 @@ def large_org(p: dict, profile: bool) -> dict:
         profile_text = None
         if profile:
             profile_text = profile_run(bench)
+        replayed = replay(bench, replays) if replays else None
         records = bench.runs
         last = records[reported[-1] - 1]
         window = describe_window(minimum_requests(last['pages']), last['time'])
@@ -847,6 +848,7 @@ def large_org(p: dict, profile: bool) -> dict:
         'runs': records,
         'window': window,
         'profile': profile_text,
+        'replay': replayed,
     }
 
 
@@ -868,6 +870,44 @@ def profile_run(bench: Bench) -> str:
     stats.sort_stats('tottime').print_stats(25)
     stats.sort_stats('cumulative').print_stats(30)
     return out.getvalue()
+
+
+def replay(bench: Bench, times: int) -> dict:
+    """The next run's sources, each run `times` times over at the same clock, the same pages and the same ledger (its
+    change is saved but not applied): the CPU of a source's run without the run-to-run differences of the simulated
+    traffic, nor most of the machine's noise (the least of the times). For measuring a change to the check's work on
+    rows and points; what it says of a whole run is in the runs above."""
+    from datadog_checks.openai.sources.base import Run
+
+    check = bench.check
+    # The check's own, not the benchmark's observer (which counts the ledger's cells after each source).
+    collect = type(check).collect
+    now = bench.clock.now()
+    bench.sim.set_time(now)
+    report = {}
+    for source in check.sources:
+        if source.derived:
+            continue
+        source.unpack()
+        source.apply = lambda outcome: None
+        times_s, figures = [], None
+        try:
+            for _ in range(times):
+                gc.collect()
+                run = Run(check.new_client(), now)
+                cpu = time.process_time()
+                outcome = collect(check, source, run)
+                times_s.append(time.process_time() - cpu)
+                check.tags.forget()
+                if outcome is not None:
+                    figures = {'rows': outcome.rows, 'points': len(outcome.counts) + len(outcome.gauges)}
+                del outcome, run
+        finally:
+            del source.apply
+        times_s.sort()
+        report[source.name] = {'min_s': times_s[0], 'median_s': times_s[len(times_s) // 2], **(figures or {})}
+    bench.aggregator.reset()
+    return {'times': times, 'time': now, 'sources': report}
 
 
 def scaling(p: dict) -> list[dict]:
@@ -1157,6 +1197,18 @@ def markdown(report: dict) -> str:
             f'{s["peak_rss_mb"]:,.0f} MB | {s["rss_before_mb"]:,.0f} MB | {s["ledger_bytes_per_cell"]:,.0f} B | '
             f'{s["requests"]} | {_mb(s["state_bytes"])} |'
         )
+    replayed = big.get('replay')
+    if replayed:
+        add('')
+        add(
+            f'**Replayed** (the run after the last, each source run {replayed["times"]} times at the same clock, '
+            f'pages and ledger; CPU):'
+        )
+        add('')
+        add('| Source | Rows | Points | Least | Median |')
+        add('|---|---:|---:|---:|---:|')
+        for name, r in replayed['sources'].items():
+            add(f'| {name} | {r.get("rows", 0):,} | {r.get("points", 0):,} | {_s(r["min_s"])} | {_s(r["median_s"])} |')
     add('')
     add(f'Benchmark duration: {report["duration_s"]:.0f} s.')
     return '\n'.join(lines) + '\n'
@@ -1176,6 +1228,12 @@ def main(argv=None) -> dict:
     parser.add_argument('--series', type=int, help='completions series per bucket of the large organization')
     parser.add_argument('--no-scaling', action='store_true', help='skip the scaling part')
     parser.add_argument('--scaling', help='completions series per bucket of the scaling part, comma-separated')
+    parser.add_argument(
+        '--replay',
+        type=int,
+        metavar='N',
+        help='after the runs, run each source of the next run N times at the same clock (see replay())',
+    )
     parser.add_argument('--serve', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
@@ -1216,7 +1274,7 @@ def _report(args) -> dict:
     if args.scaling:
         p['scaling'] = tuple(int(n) for n in args.scaling.split(','))
     started = time.perf_counter()
-    big = large_org(p, args.profile)
+    big = large_org(p, args.profile, args.replay or 0)
     report = {
         'profile': name,
         'environment': {

@@ -126,3 +126,17 @@ def test_the_benchmark_runs_and_its_figures_add_up(benchmark_module, tmp_path, c
     assert scaling[0]['completions_rows'] < scaling[-1]['completions_rows']
     for s in scaling:
         assert s['rows'] > 0 and s['cpu_per_series_us'] > 0 and s['floor_cpu_s'] > 0
+
+
+def test_the_benchmark_replays_the_next_run_of_each_source_at_one_clock(benchmark_module, tmp_path, capsys, aggregator):
+    report = benchmark_module.main(['--tiny', '--no-scaling', '--replay', '2', '--json', str(tmp_path / 'r.json')])
+    assert '**Replayed**' in capsys.readouterr().out
+    big = report['large_org']
+    replayed = big['replay']
+    assert replayed['times'] == 2 and set(replayed['sources']) == set(USAGE_ENDPOINTS) | {'costs'}
+    # The run after the last: later than it, and reading what a steady run reads.
+    last = big['runs'][-1]
+    assert replayed['time'] > last['time']
+    for name, r in replayed['sources'].items():
+        assert 0 < r['min_s'] <= r['median_s'] and r['rows'] > 0, name
+    assert replayed['sources']['completions']['points'] > 0

@@ -17,6 +17,9 @@ from ..ledger import MAX_VALUE, Key, Values
 
 # A dimension OpenAI did not group by (a null value) is this in a key, and no tag.
 NULL = ''
+# Dimensions OpenAI's usage results give as JSON booleans (completions' `batch`), and their text in a key.
+BOOLEAN_DIMS = frozenset({'batch'})
+_FLAG_TEXT = {True: 'true', False: 'false'}
 
 
 # Rows encoded at a time for a digest: a large bucket's whole text would be megabytes held at once.
@@ -180,6 +183,24 @@ def key_reader(group_by: tuple[str, ...], fixed_dims: tuple[tuple[str, tuple[str
 
     def careful(row: dict) -> Key:
         return _as_text([*map(row.get, group_by), *(read(row) for read in readers)])
+
+    # Where a boolean is expected: written as text in place, so that every row of completions (whose `batch` is a
+    # boolean in each) does not take the careful path, which was half of reading its key.
+    flags = tuple(i for i, dim in enumerate(group_by) if dim in BOOLEAN_DIMS)
+    if not readers and flags:
+
+        def key_with_flags(row: dict) -> Key:
+            try:
+                plain = get_group(row)
+            except KeyError:
+                return careful(row)
+            for i in flags:
+                flag = plain[i]
+                if flag is True or flag is False:
+                    plain = plain[:i] + (_FLAG_TEXT[flag],) + plain[i + 1 :]
+            return plain if strings(map(type, plain)) else _as_text(plain)
+
+        return key_with_flags
 
     if not readers:
 
