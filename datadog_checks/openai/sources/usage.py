@@ -381,26 +381,19 @@ class UsageSource(Source):
 
     def _diff(self, start: int, current: dict, reading: Reading) -> list:
         """Record in the run's change the cells that differ from what was submitted, and return the keys of rows
-        refused as malformed; the increases go to the run's counts (a baseline records them without submitting).
-
-        A point carries the ledger's own key object, not the row's, so that the page's strings are freed with
-        the page."""
+        refused as malformed; the increases go to the run's counts (a baseline records them without submitting). A
+        point carries the ledger's own key object, not the row's, so that the page's strings are freed with the page."""
         base, change = reading.base, reading.change
         index_of, keys, row = base.index.get, base.keys, base.row
         column = base.column(start)
-        if column is None:
-            known, typecode = 0, None
-        else:
-            known, typecode = len(column), column.typecode
+        known, typecode = (0, None) if column is None else (len(column), column.typecode)
         # In a column of doubles (costs), a figure beyond 2**53, malformed, could round to the one the ledger holds.
         bound = MAX_VALUE if typecode == 'd' else None
         stride = base.stride
-        indices, slots = [], []
-        rejected = []
+        indices, slots, rejected = [], [], []
         # A baseline records the increases without submitting them.
         out = None if reading.window.baseline else reading.counts.appenders()
-        if out is not None:
-            add_metric, add_value, add_key = out
+        add_metric, add_value, add_key = out if out is not None else (None, None, None)
         for key, values in current.items():
             g = index_of(key)
             if g is None:
@@ -419,8 +412,7 @@ class UsageSource(Source):
                         if UNREPORTED not in values and (bound is None or max(values, default=0) <= bound):
                             continue  # most of the window has not changed since the previous run
                     elif same is False and UNREPORTED not in before and valid_values(values):
-                        # Changed, every figure reported now and before (the array took them all, none is None):
-                        # what stands submitted becomes the row itself, each difference a point.
+                        # Changed, every figure a number now and before: the row stands submitted, each change a point.
                         key = keys[g]
                         if out is not None:
                             for i, v in enumerate(values):
