@@ -113,10 +113,7 @@ class TagBuilder:
                     if fragment is None:
                         fragment = fragments[value] = normalize(list(dimension_tags(dim, value)))
                     tags += fragment
-                shared = tag_sets.get(tag_set := tuple(tags))
-                if shared is None:
-                    shared = tag_sets[tag_set] = tags
-                tags = series[key] = shared
+                tags = series[key] = tag_sets.setdefault(tuple(tags), tags)
             return tags
 
         return tags_of
@@ -139,10 +136,7 @@ class TagBuilder:
                     if fragment is None:
                         fragment = fragments[value] = normalize(list(dimension_tags(dim, value)))
                     tags = tags + fragment
-                    shared = tag_sets.get(tag_set := tuple(tags))
-                    if shared is None:
-                        shared = tag_sets[tag_set] = tags
-                    tags = shared
+                    tags = tag_sets.setdefault(tuple(tags), tags)
                 series[key] = tags
             return tags
 

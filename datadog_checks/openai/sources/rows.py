@@ -184,12 +184,12 @@ def key_reader(group_by: tuple[str, ...], fixed_dims: tuple[tuple[str, tuple[str
     def careful(row: dict) -> Key:
         return _as_text([*map(row.get, group_by), *(read(row) for read in readers)])
 
-    # Where a boolean is expected: written as text in place, so that every row of completions (whose `batch` is a
-    # boolean in each) does not take the careful path, which was half of reading its key.
+    # Where a boolean is expected (completions' `batch`, in every row), it is written as text in place: through the
+    # careful path, it was half of reading a completions key.
     flags = tuple(i for i, dim in enumerate(group_by) if dim in BOOLEAN_DIMS)
-    if not readers and flags:
+    if not readers:
 
-        def key_with_flags(row: dict) -> Key:
+        def key(row: dict) -> Key:
             try:
                 plain = get_group(row)
             except KeyError:
@@ -198,17 +198,6 @@ def key_reader(group_by: tuple[str, ...], fixed_dims: tuple[tuple[str, tuple[str
                 flag = plain[i]
                 if flag is True or flag is False:
                     plain = plain[:i] + (_FLAG_TEXT[flag],) + plain[i + 1 :]
-            return plain if strings(map(type, plain)) else _as_text(plain)
-
-        return key_with_flags
-
-    if not readers:
-
-        def key(row: dict) -> Key:
-            try:
-                plain = get_group(row)
-            except KeyError:
-                return careful(row)
             return plain if strings(map(type, plain)) else _as_text(plain)
 
         return key
