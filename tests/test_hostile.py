@@ -382,6 +382,73 @@ def test_a_page_is_received_in_memory_of_its_own_given_back_by_its_last_reader(m
     assert mapping() is None
 
 
+def test_a_page_is_received_in_the_mapping_of_a_page_nothing_reads_any_more():
+    first = client_module.Received(64, mapped=True)
+    first += b'{"a":1}'
+    text = first.value()
+    # Its text is still read (a bucket not compared yet holds a view of it): the next page gets a mapping of its own,
+    # and the text stays as it came.
+    second = client_module.Received(64, mapped=True, spare=first.map)
+    assert second.map is not None and second.map is not first.map
+    second += b'{"b":22}'
+    assert bytes(text) == b'{"a":1}'
+    del text
+    # Nothing reads it any more: written over from its start, the old bytes past the new ones left out.
+    third = client_module.Received(64, mapped=True, spare=first.map)
+    assert third.map is first.map
+    third += b'[]'
+    assert bytes(third.value()) == b'[]' and third.find(b'"a"') == -1
+    # Another limit, another room: a mapping of another size is not taken.
+    other = client_module.Received(128, mapped=True, spare=second.map)
+    assert other.map is not second.map and len(other.map) == 128
+
+
+def test_the_pages_of_a_read_share_a_mapping_let_go_of_before_the_save(hostile, make, fake, dd_run_check, monkeypatch):
+    made = []
+    real = client_module.mmap.mmap
+
+    def counted(*args):
+        made.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(client_module.mmap, 'mmap', counted)
+    calls, tokens = [], [10]
+
+    def respond(request):
+        # Three pages of a bucket each; the last bucket holds `tokens`.
+        calls.append(request)
+        cursor = request.query.get('page', [''])[0]
+        if not cursor:
+            return Reply(200, page(bucket(HOUR - 2 * H, completions_row(5, model='m')), has_more=True, next_page='p2'))
+        if cursor == 'p2':
+            return Reply(200, page(bucket(HOUR - H, completions_row(7, model='m')), has_more=True, next_page='p3'))
+        return Reply(200, page(bucket(HOUR, completions_row(tokens[0], model='m'))), JSON)
+
+    hostile.respond = respond
+    check = make(group_by={'completions': ['model']})
+    spares = []
+    collect = check.collect
+
+    def observed(source, run):
+        outcome = collect(source, run)
+        spares.append(run.client.spare)
+        return outcome
+
+    check.collect = observed
+    dd_run_check(check)
+    fake.sleep(300)
+    _aggregator.reset()
+    del calls[:], made[:]
+    tokens[0] = 25
+    dd_run_check(check)
+    assert last_status().status == AgentCheck.OK, check.warnings
+    # The run read its three pages into one mapping, and compared each rightly: the last bucket grew by 15 tokens.
+    assert len(calls) == 3 and len(made) == 1
+    _aggregator.assert_metric('openai.api.usage.completions.input_tokens', 15, count=1)
+    # Once the source has read its pages, the check holds no mapping for the next source's (nor during its save).
+    assert spares and all(spare is None for spare in spares)
+
+
 def test_a_decoder_that_reads_no_view_is_given_bytes(hostile, make, dd_run_check, monkeypatch):
     # The standard library's decoder (the Agent ships orjson, which reads views) is given a bytearray.
     client_module._decoder_reads_views.cache_clear()

@@ -235,15 +235,15 @@ class OpenAICheck(AgentCheck, ConfigMixin):
         try:
             with cyclic_collector_paused():
                 outcome = source.collect(run)
+                run.client.drop_spare()
                 if outcome.error is not None:
                     # Its traceback holds the frames of the failed read, a refused body among their locals, for the
                     # rest of the run: the message is all the health report needs.
                     outcome.error.__traceback__ = None
                 self.commit(source, outcome)
-            if outcome.rows >= RELEASE_AFTER_ROWS:
-                # What its save made (its text, the rows of its changed buckets) is freed into the heap the next
-                # source reads and saves in: given back, it does not add to their peak.
-                release_freed_memory()
+            # The heap is given back at the run's end only: given back after each large source too, what the next
+            # source reads and saves in was taken from the system again, a page fault every 4 KB (15,000 a steady run
+            # at 20,000 series), for the same peak (tests/test_check.py, the README's benchmark).
             return outcome
         except Exception as e:
             # A bug or a response shape nobody foresaw must not cost the other sources their run. What the

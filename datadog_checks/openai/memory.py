@@ -25,8 +25,7 @@ import urllib.parse
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
-# A read of this many rows or more gives back the memory its pages took, and a run that read as many the memory
-# of its points, at its end.
+# A run that read this many rows or more gives back, at its end, the memory its pages, points and saves took.
 RELEASE_AFTER_ROWS = 10_000
 
 _trim = None

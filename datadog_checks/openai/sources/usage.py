@@ -20,7 +20,6 @@ from typing import Any
 from ..catalogue import BUCKET_SECONDS, Endpoint
 from ..client import ApiError, BadResponse, PageDecoder, RequestRefused, TooLarge
 from ..ledger import ABSENT, MAX_VALUE, UNREPORTED, BucketView, Change, Key, LazyCells, Ledger, Values, shape_of
-from ..memory import RELEASE_AFTER_ROWS, release_freed_memory
 from .base import Outcome, Run, Source, StateStore
 from .pages import Known, Read, decode_page
 from .rows import Tally, digest, key_reader, valid_values, values_reader
@@ -219,9 +218,6 @@ class UsageSource(Source):
             # A page too large to read, of a size nobody knew (a baseline, a catch-up): one bucket a page next.
             self.rows_per_bucket = self.max_page_rows + 1
             self.notes.append(f'{self.name}: the next run reads one bucket a page, to keep each response smaller.')
-        if reading.rows >= RELEASE_AFTER_ROWS:
-            # Before the next source's pages: the free heap left fragmented by these would add to their peak.
-            release_freed_memory()
         return self._conclude(reading, outcome, run.now)
 
     def _read_page(self, reading: Reading, page: list, now: float) -> None:
