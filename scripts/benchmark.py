@@ -674,9 +674,31 @@ class Bench:
             'ledger_save_cache_bytes_per_cell': kept / cells if cells else 0.0,
         }
 
-    def floor(self, record: dict, log: list[dict], points: list[tuple], repeats: int = FLOOR_REPEATS) -> dict:
-        """The floor for a run: decode its response bytes, submit its points, nothing else; each `repeats` times, the
-        median (and the least, for a replayed run: see replay_run())."""
+    def floor(self, record: dict, log: list[dict], points: list[tuple]) -> dict:
+        """The floor for a run: decode its response bytes, submit its points, nothing else (the median of
+        FLOOR_REPEATS times each)."""
+        floor = self.floor_work(record, log, points)
+        decode_cpu, decode_wall = _median_of(FLOOR_REPEATS, floor.decode)
+        floor.bodies.clear()  # hundreds of MB at the largest sizes
+        submit_cpu, submit_wall = _median_of(FLOOR_REPEATS, floor.submit)
+        floor_cpu = decode_cpu + submit_cpu
+        return {
+            'floor_decode_cpu_s': decode_cpu,
+            'floor_decode_wall_s': decode_wall,
+            'floor_submit_cpu_s': submit_cpu,
+            'floor_submit_wall_s': submit_wall,
+            'floor_cpu_s': floor_cpu,
+            'floor_points': len(points),
+            'floor_bytes': floor.bytes,
+            'http_client_cpu_s': floor.http_cpu,
+            'ratio': record['cpu_s'] / floor_cpu if floor_cpu else None,
+            'ratio_without_names': (record['cpu_s'] - record['names_cpu_s']) / floor_cpu if floor_cpu else None,
+        }
+
+    def floor_work(self, record: dict, log: list[dict], points: list[tuple]) -> SimpleNamespace:
+        """What the floor of a run does, ready to be timed: `decode()` decodes the run's response bytes (fetched again
+        at the run's time), `submit()` submits its points (same names, values and tag lists) through an AgentCheck's
+        count/gauge; each checks it did all of it."""
         import requests
         from datadog_checks.base import AgentCheck
         from datadog_checks.base.utils.format import json as ddjson
@@ -699,15 +721,11 @@ class Bench:
         replayed = sum(len(b) for b in bodies)
         if replayed != record['bytes']:
             raise RuntimeError(f'replayed {replayed} bytes, the run received {record["bytes"]}')
+        decode_body = ddjson.decode
 
-        decode = ddjson.decode
-
-        def decode_all():
+        def decode():
             for body in bodies:
-                decode(body)
-
-        decode_cpu, decode_wall, decode_least = _median_of(repeats, decode_all)
-        bodies.clear()  # hundreds of MB at the largest sizes
+                decode_body(body)
 
         class Floor(AgentCheck):
             __NAMESPACE__ = ''
@@ -722,40 +740,21 @@ class Bench:
             self.aggregator.MONOTONIC_COUNT: floor_check.monotonic_count,
             self.aggregator.RATE: floor_check.rate,
         }
-        points = [(send[mtype], name, value, tags) for name, mtype, value, tags in points]
-        submitted = []
+        sends = [(send[mtype], name, value, tags) for name, mtype, value, tags in points]
+        sink = self.sink
 
-        def submit_all():
-            self.sink.points = 0
-            for submit, name, value, tags in points:
-                submit(name, value, tags=tags)
-            submitted.append(self.sink.points)
+        def submit():
+            sink.points = 0
+            for submit_point, name, value, tags in sends:
+                submit_point(name, value, tags=tags)
+            if sink.points != len(sends):
+                raise RuntimeError(f'the floor submitted {sink.points} points, the run {len(sends)}')
 
-        submit_cpu, submit_wall, submit_least = _median_of(repeats, submit_all)
-        self.aggregator.reset()
-        if set(submitted) != {len(points)}:
-            raise RuntimeError(f'the floor submitted {submitted} points, the run {len(points)}')
-        submitted = len(points)
-        floor_cpu = decode_cpu + submit_cpu
-        return {
-            'floor_decode_cpu_s': decode_cpu,
-            'floor_decode_wall_s': decode_wall,
-            'floor_submit_cpu_s': submit_cpu,
-            'floor_submit_wall_s': submit_wall,
-            'floor_cpu_s': floor_cpu,
-            'floor_least_decode_cpu_s': decode_least,
-            'floor_least_submit_cpu_s': submit_least,
-            'floor_points': submitted,
-            'floor_bytes': replayed,
-            'http_client_cpu_s': http_cpu,
-            'ratio': record['cpu_s'] / floor_cpu if floor_cpu else None,
-            'ratio_without_names': (record['cpu_s'] - record['names_cpu_s']) / floor_cpu if floor_cpu else None,
-        }
+        return SimpleNamespace(decode=decode, submit=submit, bodies=bodies, bytes=replayed, http_cpu=http_cpu)
 
 
-def _median_of(times: int, work) -> tuple[float, float, float]:
-    """Median CPU and wall time of `work()` over `times` calls, each after a full garbage collection, and the least
-    CPU time."""
+def _median_of(times: int, work) -> tuple[float, float]:
+    """Median CPU and wall time of `work()` over `times` calls, each after a full garbage collection."""
     cpus, walls = [], []
     for _ in range(times):
         gc.collect()
@@ -763,7 +762,15 @@ def _median_of(times: int, work) -> tuple[float, float, float]:
         work()
         cpus.append(time.process_time() - cpu)
         walls.append(time.perf_counter() - wall)
-    return statistics.median(cpus), statistics.median(walls), min(cpus)
+    return statistics.median(cpus), statistics.median(walls)
+
+
+def _cpu_of(work) -> float:
+    """CPU time of `work()`, after a full garbage collection."""
+    gc.collect()
+    cpu = time.process_time()
+    work()
+    return time.process_time() - cpu
 
 
 def minimum_requests(pages: list[dict]) -> list[dict]:
@@ -916,57 +923,64 @@ def replay(bench: Bench, times: int) -> dict:
 
 def replay_run(bench: Bench, times: int) -> dict:
     """The next run whole, `times` times at the same clock (every source's change saved but not applied, as in
-    replay()), and its floor measured `times` times for the same bytes and points: the least CPU of each and their
-    ratio. A single run over a single floor, as the runs above measure it, moved by 15 to 28% from one measurement
-    to the next on this machine; the least of several moves far less. Points are captured at the last time, whose
-    requests the floor fetches again (the first may differ: the hourly names refresh, when the clock is due)."""
+    replay()), each time followed by its floor for the same bytes and points: the least CPU of each and their ratio.
+    A single run over a single floor, as the runs above measure it, moved by 15 to 28% from one measurement to the
+    next on this machine, and the least of several runs over the least of several floors measured minutes later by
+    as much between processes: interleaved, the run and its floor share the machine's moments. A first time, not
+    timed, captures the points and the requests the floor replays."""
     check = bench.check
     now = bench.clock.now()
     sources = check.sources + check.headroom
     for source in sources:
         source.apply = lambda outcome: None
-    cpus, counted = [], []
+    runs, decodes, submits, counted, errors = [], [], [], [], []
+    floor = None
     try:
-        for i in range(times):
+        for i in range(times + 1):
             check.last_run_at = None  # the same clock again: not a run that comes too soon
             bench.aggregator.reset()
             bench.sink.points = 0
-            bench.sink.capture = i == times - 1
+            bench.sink.capture = i == 0
             bench.results = []
             bench.bookkeeping_cpu = 0.0
             bench.sim.set_time(now)
             bench.sim.take_log()
-            gc.collect()
-            cpu = time.process_time()
-            error = check.run()
-            cpus.append(time.process_time() - cpu - bench.bookkeeping_cpu)
-            if error:
-                raise RuntimeError(f'the check failed: {error}')
+            cpu = _cpu_of(lambda: errors.append(check.run())) - bench.bookkeeping_cpu
+            if errors[-1]:
+                raise RuntimeError(f'the check failed: {errors[-1]}')
             counted.append(bench.sink.points)
-        log = bench.sim.take_log()
-        points = bench.sink.captured()
+            if floor is None:
+                log, points = bench.sim.take_log(), bench.sink.captured()
+                bench.sink.capture = False
+                bench.sink.clear()
+                record = {'time': now, 'bytes': sum(r['bytes'] for r in log)}
+                floor = bench.floor_work(record, log, points)
+                del log
+                continue
+            runs.append(cpu)
+            decodes.append(_cpu_of(floor.decode))
+            submits.append(_cpu_of(floor.submit))
     finally:
         bench.sink.capture = False
         bench.sink.clear()
         for source in sources:
             source.__dict__.pop('apply', None)
-    record = {'time': now, 'bytes': sum(r['bytes'] for r in log), 'cpu_s': min(cpus), 'names_cpu_s': 0.0}
-    floor = bench.floor(record, log, points, repeats=times)
     bench.aggregator.reset()
-    least = floor['floor_least_decode_cpu_s'] + floor['floor_least_submit_cpu_s']
-    cpus.sort()
+    least = min(decodes) + min(submits)
     return {
-        'least_s': cpus[0],
-        'median_s': cpus[len(cpus) // 2],
+        'least_s': min(runs),
+        'median_s': statistics.median(runs),
         'points': len(points),
         # Points submitted at each time: the same each time, since no change was applied.
         'points_each': counted,
-        'bytes': record['bytes'],
-        'floor_least_decode_s': floor['floor_least_decode_cpu_s'],
-        'floor_least_submit_s': floor['floor_least_submit_cpu_s'],
+        'bytes': floor.bytes,
+        'floor_least_decode_s': min(decodes),
+        'floor_least_submit_s': min(submits),
         'floor_least_s': least,
-        'floor_median_s': floor['floor_cpu_s'],
-        'ratio_least': cpus[0] / least if least else None,
+        'floor_median_s': statistics.median(decodes) + statistics.median(submits),
+        'ratio_least': min(runs) / least if least else None,
+        # Each run over the floor measured right after it: their median, and their spread.
+        'ratios': sorted(r / (d + s) for r, d, s in zip(runs, decodes, submits)),
     }
 
 
@@ -1277,7 +1291,8 @@ def markdown(report: dict) -> str:
             f'{_mb(whole["bytes"])} and {whole["points"]:,} points: {_s(whole["floor_least_s"])} least (decode '
             f'{_s(whole["floor_least_decode_s"])}; submit {_s(whole["floor_least_submit_s"])}), '
             f'{_s(whole["floor_median_s"])} median. **Run CPU / floor, least over least: {whole["ratio_least"]:.2f}** '
-            f'(issue 16: at most 1.5).'
+            f'(issue 16: at most 1.5); each time over the floor measured right after it: '
+            f'{statistics.median(whole["ratios"]):.2f} median ({whole["ratios"][0]:.2f} to {whole["ratios"][-1]:.2f}).'
         )
     add('')
     add(f'Benchmark duration: {report["duration_s"]:.0f} s.')

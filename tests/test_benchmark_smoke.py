@@ -140,10 +140,11 @@ def test_the_benchmark_replays_the_next_run_of_each_source_at_one_clock(benchmar
     for name, r in replayed['sources'].items():
         assert 0 < r['min_s'] <= r['median_s'] and r['rows'] > 0, name
     assert replayed['sources']['completions']['points'] > 0
-    # The whole run, replayed: each time the same points (no change applied in between, so each time the same work),
-    # and its floor measured for those bytes and points.
+    # The whole run, replayed: each time the same points (no change applied in between, so each time the same work;
+    # once more first, to capture them), and after each time its floor for those bytes and points.
     whole = replayed['run']
-    assert whole['points_each'] == [whole['points']] * 2 and whole['points'] > 0
+    assert whole['points_each'] == [whole['points']] * 3 and whole['points'] > 0
+    assert len(whole['ratios']) == 2 and all(r > 0 for r in whole['ratios'])
     assert 0 < whole['least_s'] <= whole['median_s'] and whole['bytes'] > 0
     assert whole['floor_least_decode_s'] > 0 and whole['floor_least_submit_s'] > 0
     assert whole['floor_least_s'] <= whole['floor_median_s'] + 1e-9
