@@ -470,8 +470,9 @@ def _unread(mapping: mmap.mmap) -> bool:
 
 
 class Received:
-    """A page's bytes as they arrive, in an anonymous mapping of its own as large as the limit, of which only what is
-    written takes memory, given back whole once the last reader of the page lets go of it.
+    """A page's bytes as they arrive, in an anonymous mapping as large as the limit, of which only what is written
+    takes memory, given back whole once the last reader of the page lets go of it: a new one, or the one the same
+    source's page before was received in, once nothing reads that page (`spare`, see _unread).
 
     Grown in the C heap (a bytearray), a large page's body moved as it grew, through blocks the heap kept afterwards:
     at 100,000 series some 100 MB stayed resident during completions' read, next to each 63 MB page. A bytearray where
