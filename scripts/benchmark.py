@@ -883,6 +883,19 @@ def profile_run(bench: Bench) -> str:
     return out.getvalue()
 
 
+@contextmanager
+def changes_not_applied(sources: list):
+    """The sources' changes saved but not applied for the block's duration: each run of it then finds the ledgers as
+    the one before did, and does the same work."""
+    for source in sources:
+        source.apply = lambda outcome: None
+    try:
+        yield
+    finally:
+        for source in sources:
+            source.__dict__.pop('apply', None)
+
+
 def replay(bench: Bench, times: int) -> dict:
     """The next run's sources, each run `times` times over at the same clock, the same pages and the same ledger (its
     change is saved but not applied): the CPU of a source's run without the run-to-run differences of the simulated
@@ -900,9 +913,8 @@ def replay(bench: Bench, times: int) -> dict:
         if source.derived:
             continue
         source.unpack()
-        source.apply = lambda outcome: None
         times_s, figures = [], None
-        try:
+        with changes_not_applied([source]):
             for _ in range(times):
                 gc.collect()
                 run = Run(check.new_client(), now)
@@ -913,8 +925,6 @@ def replay(bench: Bench, times: int) -> dict:
                 if outcome is not None:
                     figures = {'rows': outcome.rows, 'points': len(outcome.counts) + len(outcome.gauges)}
                 del outcome, run
-        finally:
-            del source.apply
         times_s.sort()
         report[source.name] = {'min_s': times_s[0], 'median_s': times_s[len(times_s) // 2], **(figures or {})}
     bench.aggregator.reset()
@@ -930,41 +940,37 @@ def replay_run(bench: Bench, times: int) -> dict:
     timed, captures the points and the requests the floor replays."""
     check = bench.check
     now = bench.clock.now()
-    sources = check.sources + check.headroom
-    for source in sources:
-        source.apply = lambda outcome: None
     runs, decodes, submits, counted, errors = [], [], [], [], []
     floor = None
     try:
-        for i in range(times + 1):
-            check.last_run_at = None  # the same clock again: not a run that comes too soon
-            bench.aggregator.reset()
-            bench.sink.points = 0
-            bench.sink.capture = i == 0
-            bench.results = []
-            bench.bookkeeping_cpu = 0.0
-            bench.sim.set_time(now)
-            bench.sim.take_log()
-            cpu = _cpu_of(lambda: errors.append(check.run())) - bench.bookkeeping_cpu
-            if errors[-1]:
-                raise RuntimeError(f'the check failed: {errors[-1]}')
-            counted.append(bench.sink.points)
-            if floor is None:
-                log, points = bench.sim.take_log(), bench.sink.captured()
-                bench.sink.capture = False
-                bench.sink.clear()
-                record = {'time': now, 'bytes': sum(r['bytes'] for r in log)}
-                floor = bench.floor_work(record, log, points)
-                del log
-                continue
-            runs.append(cpu)
-            decodes.append(_cpu_of(floor.decode))
-            submits.append(_cpu_of(floor.submit))
+        with changes_not_applied(check.sources + check.headroom):
+            for i in range(times + 1):
+                check.last_run_at = None  # the same clock again: not a run that comes too soon
+                bench.aggregator.reset()
+                bench.sink.points = 0
+                bench.sink.capture = i == 0
+                bench.results = []
+                bench.bookkeeping_cpu = 0.0
+                bench.sim.set_time(now)
+                bench.sim.take_log()
+                cpu = _cpu_of(lambda: errors.append(check.run())) - bench.bookkeeping_cpu
+                if errors[-1]:
+                    raise RuntimeError(f'the check failed: {errors[-1]}')
+                counted.append(bench.sink.points)
+                if floor is None:
+                    log, points = bench.sim.take_log(), bench.sink.captured()
+                    bench.sink.capture = False
+                    bench.sink.clear()
+                    record = {'time': now, 'bytes': sum(r['bytes'] for r in log)}
+                    floor = bench.floor_work(record, log, points)
+                    del log
+                    continue
+                runs.append(cpu)
+                decodes.append(_cpu_of(floor.decode))
+                submits.append(_cpu_of(floor.submit))
     finally:
         bench.sink.capture = False
         bench.sink.clear()
-        for source in sources:
-            source.__dict__.pop('apply', None)
     bench.aggregator.reset()
     least = min(decodes) + min(submits)
     return {
