@@ -242,25 +242,23 @@ class CostsSource(UsageSource):
         organization's day is some 50,000 rows, each read for both)."""
         day = self._day(start)
         totals = day.totals if start >= self.month or start >= self.rate_from else None
-        bad = set(rejected)
-        lines, projects, bill_projects, unit_of = day.lines, day.projects, day.bill_projects, self.units.get
+        lines, unit_of = day.lines, self.units.get
         amount, quantity = self.amount_slot, self.quantity_slot
         currency_slot, project_slot, item_slot = self.currency_slot, self.project_slot, self.line_item_slot
-        for key, values in current.items():
-            if key in bad:
-                # Left out of the bill; the month's total counts what was last submitted for it, as the ledger does.
-                if totals is not None and key in submitted:
-                    self._add(day, {key: submitted[key]})
-                continue
+        # A rejected row is left out of the bill (filtered only when there is one: a lookup a row otherwise).
+        bad = set(rejected)
+        rows = current.items() if not bad else [(k, v) for k, v in current.items() if k not in bad]
+        # The day's sums by project, made once for the bill and the month's totals: the same additions in the same
+        # order, not made twice a row.
+        projects: dict[tuple[str, str], float] = {}
+        for key, values in rows:
             value = values[amount]
             if value is None:
                 continue
             currency = key[currency_slot] or 'usd'
             if project_slot is not None:
                 project = (key[project_slot], currency)
-                bill_projects[project] = bill_projects.get(project, 0.0) + value
-                if totals is not None:
-                    projects[project] += value
+                projects[project] = projects.get(project, 0.0) + value
             if totals is not None:
                 totals[currency] += value
             if item_slot is not None and key[item_slot]:
@@ -270,6 +268,13 @@ class CostsSource(UsageSource):
                     line = lines[item] = [0.0, 0.0]
                 line[0] += value
                 line[1] += values[quantity] or 0
+        for project, value in projects.items():
+            day.bill_projects[project] = day.bill_projects.get(project, 0.0) + value
+            if totals is not None:
+                day.projects[project] += value
+        if totals is not None:
+            # The month's totals count what was last submitted for a rejected row, as the ledger does.
+            self._add(day, {key: submitted[key] for key in rejected if key in submitted})
 
     def _add(self, day: Day, current: dict) -> None:
         """Add a day's costs to its totals, by currency and by project."""
