@@ -574,3 +574,45 @@ def test_a_large_run_gives_its_memory_back_once_its_pages_and_points_are_dropped
     # Once, at the end: given back after each large source too, the next source's read and save took it from the
     # system again, page by page, for the same peak.
     assert calls == [[]]
+
+
+def test_what_a_large_run_leaves_in_reference_cycles_is_freed_before_its_memory_is_given_back(
+    clock, sim, make_check, dd_run_check, monkeypatch
+):
+    import gc
+    import weakref
+
+    from datadog_checks.openai import check as check_module
+
+    check = make_check(usage_endpoints=['completions'], collect_costs=False)
+    clock.advance(30 * H)
+    dd_run_check(check)
+    source = check.sources_by_name['completions']
+    collect = source.collect
+    left = []
+
+    class Garbage:
+        pass
+
+    def leaving_a_cycle(run):
+        # A run's object in a reference cycle (as a kept exception's frames were), which reference counts never free.
+        outcome = collect(run)
+        garbage = Garbage()
+        garbage.itself = garbage
+        left.append(weakref.ref(garbage))
+        return outcome
+
+    monkeypatch.setattr(source, 'collect', leaving_a_cycle)
+    alive = []
+    monkeypatch.setattr(check_module, 'release_freed_memory', lambda: alive.append(left[-1]() is not None))
+    monkeypatch.setattr(check_module, 'RELEASE_AFTER_ROWS', 1)
+    clock.advance(300)
+    gc.collect()
+    # Only the check's own collection may free it: the automatic one would, at some allocation after the source's read.
+    thresholds = gc.get_threshold()
+    gc.set_threshold(0)
+    try:
+        dd_run_check(check)
+    finally:
+        gc.set_threshold(*thresholds)
+    assert alive == [False]
