@@ -518,17 +518,22 @@ class Bench:
         self.clock.advance(seconds)
         self.sim.set_time(self.clock.now())
 
+    def start_run(self, capture: bool, at: float | None = None) -> None:
+        """Before a run at the clock's time (or `at`): nothing submitted or recorded yet, the simulator at that time and
+        its request log empty; with `capture`, the run's points kept for the floor."""
+        self.aggregator.reset()
+        self.sink.points = 0
+        self.sink.capture = capture
+        self.results = []
+        self.bookkeeping_cpu = 0.0
+        self.sim.set_time(self.clock.now() if at is None else at)
+        self.sim.take_log()
+
     def run_once(self, with_floor: bool = False) -> dict:
         """One run of the check at the current time; the clock then moves INTERVAL seconds. With
         `with_floor`, the record also holds the run's floor, its pages and the state's load and save times."""
-        self.aggregator.reset()
-        self.sink.points = 0
-        self.sink.capture = with_floor
-        self.results = []
-        self.bookkeeping_cpu = 0.0
+        self.start_run(capture=with_floor)
         self.names_cpu = self.names_wall = 0.0
-        self.sim.set_time(self.clock.now())
-        self.sim.take_log()
         sim_cpu = self.sim.cpu()
         gc.collect()
         # Memory blocks held by Python objects between runs: flat unless something accumulates.
@@ -946,13 +951,7 @@ def replay_run(bench: Bench, times: int) -> dict:
         with changes_not_applied(check.sources + check.headroom):
             for i in range(times + 1):
                 check.last_run_at = None  # the same clock again: not a run that comes too soon
-                bench.aggregator.reset()
-                bench.sink.points = 0
-                bench.sink.capture = i == 0
-                bench.results = []
-                bench.bookkeeping_cpu = 0.0
-                bench.sim.set_time(now)
-                bench.sim.take_log()
+                bench.start_run(capture=i == 0, at=now)
                 cpu = _cpu_of(lambda: errors.append(check.run())) - bench.bookkeeping_cpu
                 if errors[-1]:
                     raise RuntimeError(f'the check failed: {errors[-1]}')
