@@ -942,6 +942,17 @@ def keys_read(collector, dim) -> list:
         return key_of(r)
 
     collector.source.key_of = spying
+    # A part read whole (rows.part_reader) is read into keys without key_of.
+    read_part = collector.source.read_part
+    if read_part is not None:
+
+        def spying_part(rows):
+            part = read_part(rows)
+            if part is not None:
+                read.extend(r[dim] for r in rows)
+            return part
+
+        collector.source.read_part = spying_part
     return read
 
 

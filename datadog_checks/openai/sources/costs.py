@@ -22,13 +22,14 @@ from __future__ import annotations
 import pickle
 from collections import defaultdict
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from ..catalogue import MONTH_TO_DATE, PROJECT_MONTH_TO_DATE
 from ..headroom import RATE_DAYS, rate_window
 from ..ledger import Key, Ledger, shape_of
 from ..tags import LookedUp
 from .base import Outcome, Run
-from .rows import valid_values
+from .rows import _STRINGS, valid_values
 from .usage import UsageSource, Window, floor_to, month_start
 
 # How often a run reads the days before the costs re-read window again (see the module's docstring).
@@ -143,6 +144,21 @@ class CostsSource(UsageSource):
             return key
 
         self.key_of = key_of
+        read_part = self.read_part
+        if read_part is not None:
+
+            def read_part_noting_units(rows: list) -> dict | None:
+                part = read_part(rows)
+                if part is not None:
+                    # One row a key, in order (part_reader): each key's unit, where the row gives one.
+                    units = list(map(dict.get, rows, repeat('quantity_unit')))
+                    if _STRINGS.issuperset(map(type, units)):
+                        self.units.update(zip(part, units))
+                    else:
+                        self.units.update((key, unit) for key, unit in zip(part, units) if unit.__class__ is str)
+                return part
+
+            self.read_part = read_part_noting_units
 
     def collect(self, run: Run) -> Outcome:
         self.month = month_start(run.now)

@@ -19,10 +19,10 @@ from typing import Any
 
 from ..catalogue import BUCKET_SECONDS, Endpoint
 from ..client import ApiError, BadResponse, PageDecoder, RequestRefused, TooLarge
-from ..ledger import ABSENT, MAX_VALUE, UNREPORTED, BucketView, Change, Key, LazyCells, Ledger, Values, shape_of
+from ..ledger import ABSENT, UNREPORTED, BucketView, Change, Key, LazyCells, Ledger, Values, shape_of
 from .base import Outcome, Run, Source, StateStore
 from .pages import Known, Read, decode_page
-from .rows import Tally, digest, key_reader, valid_values, values_reader
+from .rows import Tally, digest, key_reader, part_reader, valid_values, values_reader
 
 # The most result rows the check asks for in one page, when it knows how many a bucket holds. A row is some 600
 # bytes of JSON, held while the page is read (its rows are decoded a part at a time, sources/pages.py), so a page
@@ -167,6 +167,12 @@ class UsageSource(Source):
         self.dims = self.group_by + tuple(name for name, _ in self.endpoint.fixed_dims)
         self.shape = shape_of(self.width, self.dims, [f.name for f in self.endpoint.flows])
         self.key_of = key_reader(self.group_by, self.endpoint.fixed_dims)
+        # Parts of a source of flows only are read whole where they can be (rows.part_reader).
+        self.read_part = (
+            part_reader(self.group_by, self.endpoint.fixed_dims, self.endpoint.flows, self.key_of, self.read_flows)
+            if self.flow_names and not self.level_names
+            else None
+        )
 
     @property
     def read_at(self) -> float | None:
@@ -334,7 +340,10 @@ class UsageSource(Source):
     def tally(self) -> Tally:
         """What a bucket's rows are added up into as they are decoded."""
         return Tally(
-            self.key_of, self.read_flows if self.flow_names else None, self.read_levels if self.level_names else None
+            self.key_of,
+            self.read_flows if self.flow_names else None,
+            self.read_levels if self.level_names else None,
+            self.read_part,
         )
 
     def _settled(self, reading: Reading, start: int, fingerprint) -> bool:
@@ -382,9 +391,10 @@ class UsageSource(Source):
         base, change = reading.base, reading.change
         index_of, keys, row = base.index.get, base.keys, base.row
         column = base.column(start)
-        known, typecode = (0, None) if column is None else (len(column), column.typecode)
-        # In a column of doubles (costs), a figure beyond 2**53, malformed, could round to the one the ledger holds.
-        bound = MAX_VALUE if typecode == 'd' else None
+        known = 0 if column is None else len(column)
+        # A row equal to the ledger's only through a figure of -1 (UNREPORTED) is malformed: where the bucket holds
+        # none, no row equal to it has one.
+        unreported = known and UNREPORTED in column
         stride = base.stride
         indices, slots, rejected = [], [], []
         # A baseline records the increases without submitting them.
@@ -397,17 +407,12 @@ class UsageSource(Source):
             else:
                 at = g * stride
                 if at < known and column[at] != ABSENT:
-                    # Compared as numbers in the bucket's own array, without a Python object per figure. A row
-                    # equal to it only through a figure of -1 (UNREPORTED) is malformed: left to the check below.
-                    before = column[at : at + stride]
-                    try:
-                        same = before == array(typecode, values)
-                    except (TypeError, OverflowError):  # a None (UNREPORTED in the ledger), a wider figure
-                        same = None
-                    if same:
-                        if UNREPORTED not in values and (bound is None or max(values, default=0) <= bound):
+                    # Compared as Python numbers, exactly (an integer beyond 2**53 is not the double it rounds to).
+                    before = tuple(column[at : at + stride])
+                    if before == values:
+                        if not unreported or UNREPORTED not in values:
                             continue  # most of the window has not changed since the previous run
-                    elif same is False and UNREPORTED not in before and valid_values(values):
+                    elif None not in values and UNREPORTED not in before and valid_values(values):
                         # Changed, every figure a number now and before: the row stands submitted, each change a point.
                         key = keys[g]
                         if out is not None:
