@@ -285,11 +285,15 @@ def _checked(part: dict, size: int) -> dict | None:
         return None  # two rows of one series (to be added up), or a value to make a number of
     if _STRINGS.issuperset(map(type, chain.from_iterable(part))):
         return part
-    if not _TEXTUAL.issuperset(map(type, chain.from_iterable(part))):
-        return None
-    # Completions' `batch` is a boolean in every row, and a `user_id` often null. Only those three are looked up: an
-    # integer 1 would find True's text.
-    part = {tuple(map(_TEXT.get, key, key)): values for key, values in part.items()}
+    # Completions' `batch` is a boolean in every row, and a `user_id` often null: written a dimension at a time, with
+    # C-level calls. Only those three are looked up: an integer 1 would find True's text.
+    columns: list = list(zip(*part))
+    for i, column in enumerate(columns):
+        if not _STRINGS.issuperset(map(type, column)):
+            if not _TEXTUAL.issuperset(map(type, column)):
+                return None
+            columns[i] = map(_TEXT.get, column, column)
+    part = dict(zip(zip(*columns), part.values()))
     return part if len(part) == size else None
 
 
