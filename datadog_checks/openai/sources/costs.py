@@ -29,7 +29,7 @@ from ..headroom import RATE_DAYS, rate_window
 from ..ledger import Key, Ledger, shape_of
 from ..tags import LookedUp
 from .base import Outcome, Run
-from .rows import _STRINGS, valid_values
+from .rows import all_text, valid_values
 from .usage import UsageSource, Window, floor_to, month_start
 
 # How often a run reads the days before the costs re-read window again (see the module's docstring).
@@ -152,7 +152,7 @@ class CostsSource(UsageSource):
                 if part is not None:
                     # One row a key, in order (part_reader): each key's unit, where the row gives one.
                     units = list(map(dict.get, rows, repeat('quantity_unit')))
-                    if _STRINGS.issuperset(map(type, units)):
+                    if all_text(units):
                         self.units.update(zip(part, units))
                     else:
                         self.units.update((key, unit) for key, unit in zip(part, units) if unit.__class__ is str)

@@ -98,6 +98,11 @@ _TEXTUAL = frozenset({str, bool, type(None)})
 _TEXT = {None: NULL, True: 'true', False: 'false'}
 
 
+def all_text(values: Iterable[Any]) -> bool:
+    """Whether every one of `values` is a string, with C-level calls."""
+    return _STRINGS.issuperset(map(type, values))
+
+
 def _getter(names: tuple[str, ...]) -> Callable[[dict], tuple]:
     """row -> the tuple of those entries, raising KeyError if one is absent: a single allocation per row, which
     matters on pages of 100,000 rows (each tracked object allocated brings the next garbage collection closer)."""
@@ -283,13 +288,13 @@ def _checked(part: dict, size: int) -> dict | None:
     every dimension a string (or a null or a boolean, then written as encode() writes them); None otherwise."""
     if len(part) != size or not _PLAIN.issuperset(map(type, chain.from_iterable(part.values()))):
         return None  # two rows of one series (to be added up), or a value to make a number of
-    if _STRINGS.issuperset(map(type, chain.from_iterable(part))):
+    if all_text(chain.from_iterable(part)):
         return part
     # Completions' `batch` is a boolean in every row, and a `user_id` often null: written a dimension at a time, with
     # C-level calls. Only those three are looked up: an integer 1 would find True's text.
     columns: list = list(zip(*part))
     for i, column in enumerate(columns):
-        if not _STRINGS.issuperset(map(type, column)):
+        if not all_text(column):
             if not _TEXTUAL.issuperset(map(type, column)):
                 return None
             columns[i] = map(_TEXT.get, column, column)
