@@ -326,7 +326,8 @@ def aggregate(
 
 class Tally:
     """A bucket's rows added up by series a part at a time (sources/pages.py): its flows and its levels, each as
-    aggregate() reads them, how many rows it was given and how many of them were not rows."""
+    aggregate() reads them (a plain part's flows read at once by `read_part`), how many rows it was given and how
+    many of them were not rows."""
 
     __slots__ = ('key_of', 'read_flows', 'read_levels', 'read_part', 'flows', 'levels', 'rows', 'malformed')
 
