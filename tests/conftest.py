@@ -2,7 +2,9 @@ import base64
 import json
 import os
 import re
+import sys
 import zlib
+from array import array
 from collections import defaultdict
 from pathlib import Path
 
@@ -285,16 +287,45 @@ def command_line(monkeypatch):
     return set_to
 
 
+def opened_array(part: str) -> array:
+    """A bucket's saved part (format 5: its array's type code, b'z' for zlib or b'r' for as is, its bytes little-endian)
+    as an array: written out here, not read with the check's own code."""
+    saved = base64.b64decode(part)
+    data = zlib.decompress(saved[2:]) if saved[1:2] == b'z' else saved[2:]
+    numbers = array(chr(saved[0]))
+    numbers.frombytes(data)
+    if sys.byteorder != 'little':
+        numbers.byteswap()
+    return numbers
+
+
+def closed_array(numbers, typecode: str = 'i', compressed: bool = True) -> str:
+    """The reverse of opened_array, for any numbers (even those the check never saves)."""
+    numbers = array(typecode, numbers)
+    if sys.byteorder != 'little':
+        numbers.byteswap()
+    data = zlib.compress(numbers.tobytes()) if compressed else numbers.tobytes()
+    return base64.b64encode(typecode.encode() + (b'z' if compressed else b'r') + data).decode('ascii')
+
+
 def opened_state(text: str) -> dict:
-    """A saved ledger of format 4 as JSON, each bucket's columns decompressed (base64, then zlib): written out here,
-    not read with the check's own code."""
+    """A saved ledger of format 5 as the JSON of format 4 once decompressed: each bucket as its series' places in the
+    table and their rows (None for a field never reported), as closed_state writes them back."""
     data = json.loads(text)
-    data['buckets'] = {s: json.loads(zlib.decompress(base64.b64decode(b))) for s, b in data['buckets'].items()}
-    return data
+    width = data.pop('width')
+    stride = width or 1
+    buckets = {}
+    for start, part in data['buckets'].items():
+        numbers = opened_array(part).tolist()
+        held = [g for g in range(len(numbers) // stride) if numbers[g * stride] != -2]
+        rows = [[None if v == -1 else v for v in numbers[g * stride : g * stride + width]] for g in held]
+        buckets[start] = [held, rows]
+    return {**data, 'v': 4, 'buckets': buckets}
 
 
 def closed_state(data: dict) -> str:
-    """The reverse of opened_state (buckets given as a list stay a list, of compressed columns)."""
+    """A state of format 4 (still read) from what opened_state gives (buckets given as a list stay a list, of
+    compressed columns)."""
 
     def closed(columns):
         return base64.b64encode(zlib.compress(json.dumps(columns).encode())).decode('ascii')

@@ -30,7 +30,7 @@ from datadog_checks.openai.config_models import InstanceConfig
 from datadog_checks.openai.ledger import Ledger
 from datadog_checks.openai.tags import MAX_TAG_LENGTH
 
-from .conftest import closed_state, opened_state
+from .conftest import closed_array, closed_state, opened_array, opened_state
 from .hostile import (
     HostileServer,
     Reply,
@@ -947,12 +947,17 @@ def corrupt(text: str, how: str) -> str:
     return closed_state(data)
 
 
-# Damage to a bucket's compressed columns (format 4: zlib, then base64).
+# Damage to a bucket's saved array (format 5: its type code, how it is stored, its bytes; in base64). The damage
+# above is to the same state rewritten in format 4 (still read), whose JSON can hold what an array cannot.
 COMPRESSION_DAMAGE = {
     'columns not base64': lambda b: b[:-2] + '!!',
-    'columns not zlib': lambda b: base64.b64encode(b'[[0],[[1]]]').decode(),
+    'columns not zlib': lambda b: base64.b64encode(b'iz[[0],[[1]]]').decode(),
     'columns cut short': lambda b: base64.b64encode(base64.b64decode(b)[:-6]).decode(),
-    'columns as plain JSON': lambda b: json.loads(zlib.decompress(base64.b64decode(b))),
+    'columns as plain JSON': lambda b: [list(range(len(opened_array(b)))), [list(opened_array(b))]],
+    'an array of another type': lambda b: base64.b64encode(b'f' + base64.b64decode(b)[1:]).decode(),
+    'a figure below the markers': lambda b: closed_array([-3] + list(opened_array(b))[1:]),
+    'a row half absent': lambda b: closed_array([-2] + list(opened_array(b))[1:]),
+    'an infinite figure': lambda b: closed_array([math.inf] + list(opened_array(b))[1:], 'd', compressed=False),
 }
 
 

@@ -22,7 +22,7 @@ from datadog_checks.openai.sources.pages import Read, decode_page
 from datadog_checks.openai.sources.usage import Windows, month_start
 from datadog_checks.openai.tags import LookedUp
 
-from .conftest import opened_state
+from .conftest import closed_array, opened_state
 
 H = 3600
 WINDOWS = Windows(revision_hours=6, catch_up_hours=48, costs_revision_days=3)
@@ -703,12 +703,71 @@ def _packed(data: bytes) -> str:
 )
 def test_a_damaged_state_of_format_4_is_refused_with_its_reason(columns, reason, monkeypatch):
     # The last one decompresses to more than the bound (set to 100 bytes here): refused, never inflated whole.
-    monkeypatch.setattr('datadog_checks.openai.ledger.MAX_BUCKET_JSON_BYTES', 100)
+    monkeypatch.setattr('datadog_checks.openai.ledger.MAX_BUCKET_BYTES', 100)
     with pytest.raises(ValueError) as refused:
         Ledger.loads(_state4(columns))
     assert str(refused.value).endswith(reason)
     sound = Ledger.loads(_state4(_packed(zlib.compress(b'[[0],[[1,2]]]'))))
     assert dict(sound.buckets[T0].items()) == {('m',): (1, 2)}
+
+
+def _state5(part, **changes) -> str:
+    """The state of _state in format 5: one bucket, its array saved as `part`."""
+    state = json.loads(_state3()) | {'v': 5, 'width': 2, 'buckets': {str(T0): part}}
+    return json.dumps(state | changes)
+
+
+@pytest.mark.parametrize(
+    'part, changes, reason',
+    [
+        ([[0, 1], [[1, None], [2, 3]]], {}, 'bad bucket'),  # the columns of format 3 where format 5 has an array
+        ('aXoAAA==!', {}, f'bucket {T0}: unreadable array'),  # not base64
+        (_packed(b'f' + b'z' + zlib.compress(bytes(16))), {}, 'unreadable array'),  # an unknown type code
+        (_packed(b'iy' + bytes(16)), {}, 'unreadable array'),  # neither compressed nor as is
+        (_packed(b'ir' + bytes(15)), {}, 'bad array size'),  # not whole integers
+        (closed_array([1, -1, 2, 3, 4]), {}, 'bad array size'),  # a series cut short
+        (closed_array([1, -1, 2, 3, 4, 5]), {}, 'bad array size'),  # more series than the table holds
+        (closed_array([1, -1, 2, 3])[:-4], {}, 'cut short or too large'),  # compressed, cut short
+        (_packed(b'iz' + zlib.compress(bytes(104))), {}, 'unreadable array: cut short or too large'),  # > 100 bytes
+        (closed_array([1, -1, 2, -3]), {}, 'bad value row'),  # below the markers
+        (closed_array([1, -0.5, 2, 3], 'd'), {}, 'bad value row'),  # a negative figure that is no marker
+        (closed_array([1, -2, 2, 3]), {}, 'bad value row'),  # a series half absent
+        (closed_array([-2, -1, 2, 3]), {}, 'bad value row'),
+        (closed_array([1, -2, -2, -1]), {}, 'bad value row'),  # as many negatives as two whole markers would make
+        (closed_array([1, float('nan'), 2, 3], 'd', compressed=False), {}, 'bad value row'),
+        (closed_array([1, 2**53 + 1, 2, 3], 'q'), {}, 'bad value row'),  # beyond what a double holds exactly
+        (closed_array([1, -1, 2, 3]), {'width': 3}, 'bad width'),  # not the shape's
+        (closed_array([1, -1, 2, 3]), {'width': '2'}, 'bad width'),
+    ],
+)
+def test_a_damaged_state_of_format_5_is_refused_with_its_reason(part, changes, reason, monkeypatch):
+    monkeypatch.setattr('datadog_checks.openai.ledger.MAX_BUCKET_BYTES', 100)
+    with pytest.raises(ValueError) as refused:
+        Ledger.loads(_state5(part, **changes))
+    assert str(refused.value).endswith(reason)
+    # The same state undamaged, and with either series absent, each kind of array, compressed or not, reads.
+    for numbers, typecode, compressed in [
+        ([1, -1, 2, 3], 'i', True),
+        ([1, -1, 2, 3], 'q', False),
+        ([-2, -2, 2.5, 3], 'd', False),
+        ([1, -1, -2, -2], 'd', True),
+    ]:
+        sound = Ledger.loads(_state5(closed_array(numbers, typecode, compressed)))
+        held = {('m',): (numbers[0], None), ('n',): tuple(numbers[2:])}
+        assert dict(sound.buckets[T0].items()) == {k: v for k, v in held.items() if -2 not in v}
+
+
+def test_a_state_of_format_5_saves_again_the_parts_it_read_and_refuses_a_column_of_no_field_but_0():
+    # A bucket's part read is saved as it was (not made again) while the table keeps its places.
+    ledger = Ledger('1h|model|a,b', T0, T0 + 5.5, {T0: {('m',): (1, None), ('n',): (2, 3)}})
+    text = ledger.dumps()[0]
+    again = Ledger.loads(text)
+    assert again._fragments and again.dumps()[0] == text
+    # A series of no field holds 0 (held) or ABSENT in its one slot.
+    empty = json.dumps({**json.loads(_state5(closed_array([0, -2]))), 'shape': '1h|model|', 'width': 0})
+    assert dict(Ledger.loads(empty).buckets[T0].items()) == {('m',): ()}
+    with pytest.raises(ValueError, match='bad value row'):
+        Ledger.loads(empty.replace(closed_array([0, -2]), closed_array([0, -1])))
 
 
 def test_a_state_saved_by_the_previous_version_is_read_and_the_next_run_goes_on_from_it():
@@ -732,7 +791,7 @@ def test_a_state_saved_by_the_previous_version_is_read_and_the_next_run_goes_on_
     assert totals(result.counts) == {(IN, ('m', 'true')): 30}
     # Saved again in the current format, which reads back to the same ledger.
     text = c.state['ledger_completions']
-    assert json.loads(text)['v'] == 4 and json.loads(text)['series'] == [['m', 'true'], ['m', '']]
+    assert json.loads(text)['v'] == 5 and json.loads(text)['series'] == [['m', 'true'], ['m', '']]
     assert Ledger.loads(text) == result.ledger
     # Format 3, as this version's previews wrote it (the same columns as plain JSON), reads to the same ledger.
     assert Ledger.loads(json.dumps({**opened_state(text), 'v': 3})) == result.ledger
