@@ -175,3 +175,13 @@ def test_a_series_tags_are_looked_up_once_and_its_contexts_counted_per_metric_an
     ]
     assert looked_up == [(a, c), (a, ('p2',)), (a, ('P1',)), (b, ('p2',)), (a, ('p2',))]
     assert {name: len(ids) for name, ids in contexts.items()} == {input_tokens: 2, output_tokens: 1, quantity: 1}
+
+
+def test_a_metric_left_out_by_the_include_exclude_patterns_is_not_counted_as_a_context(calls):
+    sender = Sender(Plain('openai', {}, [{'metric_patterns': {'exclude': ['output_tokens$']}}]))
+    kept, left_out = 'openai.api.usage.completions.input_tokens', 'openai.api.usage.completions.output_tokens'
+    points = [(kept, 1, ('project_id',), ('p1',)), (left_out, 2, ('project_id',), ('p1',))]
+    contexts = {}
+    sender.submit(COUNT, points, lambda dims: lambda key: ['project_id:p1'], contexts)
+    assert [call[2] for call in calls] == [kept]
+    assert sum(map(len, contexts.values())) == 1  # openai.check.contexts: what was sent

@@ -78,6 +78,8 @@ class Sender:
                 through_check(metric, value, tags=tags)
             elif target:
                 submit_metric(check, check_id, mtype, target, float(value), tags, '', False)
+            else:
+                continue  # left out by the include/exclude patterns: sent nowhere, not a context
             seen_add(id(tags))
 
     def _target(self, name: str) -> str:
