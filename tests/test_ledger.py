@@ -10,13 +10,14 @@ import json
 import logging
 import weakref
 import zlib
+from array import array
 from dataclasses import dataclass, field
 
 import pytest
 
 from datadog_checks.openai.catalogue import ENDPOINTS_BY_NAME, MONTH_TO_DATE, PROJECT_MONTH_TO_DATE
 from datadog_checks.openai.client import BadResponse, OpenAIClient, TimeBudget, TransientError
-from datadog_checks.openai.ledger import Change, Ledger, shape_of
+from datadog_checks.openai.ledger import Change, Ledger, holds_unreported, shape_of
 from datadog_checks.openai.sources import CostsSource, Run, StateStore, UsageSource
 from datadog_checks.openai.sources.pages import Read, decode_page
 from datadog_checks.openai.sources.usage import Windows, month_start
@@ -1233,3 +1234,17 @@ def test_each_bucket_and_each_page_is_freed_before_the_next_is_read():
     assert result.complete and result.outcome.rows == 6
     # The first bucket is read with its page's second; the second alone; the next page arrives with nothing held.
     assert seen == [('page', 0), ('bucket', 2), ('bucket', 1), ('page', 0), ('bucket', 1)]
+
+
+@pytest.mark.parametrize('typecode', ['i', 'q', 'd'])
+def test_an_array_holds_unreported_exactly_where_a_figure_is_minus_one(typecode):
+    # Searched for in the array's bytes: where the end of one figure and the start of the next spell -1 (-2, then a
+    # figure whose low bytes are 0xff), it is not there.
+    figures = [-2, 255, 2**24 - 1, 0, 65535, 7, 2**31 - 1, 1 << 40]
+    cases = [[], [-1], [0, -1], [-2, 255], [-2, 2**24 - 1, 0]] + [
+        [figures[(i * j) % len(figures)] for j in range(i % 9)] + ([-1] if i % 5 == 0 else []) for i in range(60)
+    ]
+    for numbers in cases:
+        numbers = [n for n in numbers if typecode != 'i' or n < 2**31]
+        column = array(typecode, numbers)
+        assert holds_unreported(column) is (-1 in numbers), numbers

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..catalogue import BUCKET_SECONDS, Endpoint
 from ..client import ApiError, BadResponse, PageDecoder, RequestRefused, TooLarge
-from ..ledger import ABSENT, UNREPORTED, BucketView, Change, Key, LazyCells, Ledger, Values, shape_of
+from ..ledger import ABSENT, UNREPORTED, BucketView, Change, Key, LazyCells, Ledger, Values, holds_unreported, shape_of
 from .base import Outcome, Run, Source, StateStore
 from .pages import Known, Read, decode_page
 from .rows import Tally, digest, key_reader, part_reader, valid_values, values_reader
@@ -394,7 +394,7 @@ class UsageSource(Source):
         known = 0 if column is None else len(column)
         # A row equal to the ledger's only through a figure of -1 (UNREPORTED) is malformed: where the bucket holds
         # none, no row equal to it has one.
-        unreported = known and UNREPORTED in column
+        unreported = known and holds_unreported(column)
         stride = base.stride
         indices, slots, rejected = [], [], []
         # A baseline records the increases without submitting them.
