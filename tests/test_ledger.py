@@ -1248,3 +1248,27 @@ def test_an_array_holds_unreported_exactly_where_a_figure_is_minus_one(typecode)
         numbers = [n for n in numbers if typecode != 'i' or n < 2**31]
         column = array(typecode, numbers)
         assert holds_unreported(column) is (-1 in numbers), numbers
+
+
+def test_apply_takes_the_buckets_dumps_wrote_only_from_the_ledger_dumps_found():
+    # dumps(change) writes the change into copies of its buckets; apply(change) takes those copies rather than writing
+    # every changed series again, unless the ledger was written to in between (then it writes the change itself).
+    def ledger_and_change():
+        ledger = Ledger('1h|model|a,b', T0, T0 + 5.5, {T0: {('m',): (1, None), ('n',): (2, 3)}})
+        change = Change(T0, T0 + 60, ledger)
+        change.add(T0, [1, change.index_of_new(('o',))], [5, 6, 7, -1])  # -1: UNREPORTED
+        expected = {('m',): (1, None), ('n',): (5, 6), ('o',): (7, None)}
+        return ledger, change, expected
+
+    ledger, change, expected = ledger_and_change()
+    ledger.dumps(change)
+    made = change.columns[T0]
+    ledger.apply(change)
+    assert ledger.column(T0) is made and dict(ledger.buckets[T0].items()) == expected
+    assert change.columns is None  # taken once
+    ledger, change, expected = ledger_and_change()
+    ledger.dumps(change)
+    made = change.columns[T0]
+    ledger._write(T0, [0], array('i', [9, -1]))  # written in between: m now holds 9
+    ledger.apply(change)
+    assert ledger.column(T0) is not made and dict(ledger.buckets[T0].items()) == {**expected, ('m',): (9, None)}

@@ -125,6 +125,10 @@ class Change:
         self.cells: dict[int, tuple[array, array]] = {}
         # The saved form of each bucket once the change is applied, when dumps() made it (see Ledger._fragments).
         self.fragments: dict[int, str] | None = None
+        # The buckets the change writes to, as dumps() wrote them into copies, for apply() to take as they are rather
+        # than write every changed series again; with the ledger (its id and count of writes) they belong to.
+        self.columns: dict[int, array] | None = None
+        self.columns_of: tuple[int, int] | None = None
         # bucket start -> the digest of the rows read, how many of them were malformed, how many rows (Ledger.digests).
         self.digests: dict[int, tuple[Any, int, int]] = {}
 
@@ -269,6 +273,9 @@ class Ledger:
         self.digests: dict[int, tuple[Any, int, int]] = {}
         # Between runs, what pack() holds (None: the ledger is in memory).
         self._packed: tuple | None = None
+        # How many times a bucket was written or the table renumbered: a change's columns made by dumps() are taken by
+        # apply() only from the ledger as dumps() found it.
+        self._writes = 0
         for start, cells in (buckets or {}).items():
             self._fill(start, [self._intern(key) for key in cells], [_flat(self._pad(v)) for v in cells.values()])
 
@@ -295,6 +302,7 @@ class Ledger:
 
     def _write(self, start: int, indices: Iterable[int], slots: array) -> None:
         stride = self.stride
+        self._writes += 1
         self._fragments.pop(start, None)
         column = self._columns.get(start)
         if column is None:
@@ -398,13 +406,21 @@ class Ledger:
     def apply(self, change: Change, prune: bool = True) -> None:
         """Take `change` in: call it only once the ledger with the change was saved."""
         self._in_memory()
+        columns = change.columns if change.columns_of == (id(self), self._writes) else {}
+        change.columns = change.columns_of = None
         if change.new_keys:
             if change.first_new != len(self.keys):
                 raise ValueError('a change applied to another ledger than the one it was read against')
             for key in change.new_keys:
                 self._intern(key)
         for start, (indices, slots) in change.cells.items():
-            self._write(start, indices, slots)
+            column = columns.get(start)
+            if column is not None:
+                self._columns[start] = column  # this bucket with the change written, made by dumps()
+                self._fragments.pop(start, None)
+                self._writes += 1
+            else:
+                self._write(start, indices, slots)
             self.digests.pop(start, None)  # written from rows of no known digest
         self.digests.update(change.digests)
         self.horizon = max(self.horizon, change.horizon)
@@ -499,7 +515,11 @@ class Ledger:
             # Only the buckets the change writes to are copied (a memcpy each); the others are shared, read only.
             ledger = self._copy(change.cells)
             ledger._fragments = dict(self._fragments)
+            table = ledger.keys
             ledger.apply(change)
+            if ledger.keys is table:  # not renumbered (_reindex): the copy's buckets are numbered as this ledger's
+                change.columns = {s: ledger._columns[s] for s in change.cells if s in ledger._columns}
+                change.columns_of = (id(self), self._writes)
         else:
             ledger = self
         # Every key of the table is held by a bucket (apply() forgets the others), in the table's order: a
