@@ -98,8 +98,8 @@ _UNREPORTED_BYTES = {typecode: array(typecode, [UNREPORTED]).tobytes() for typec
 
 def holds_unreported(column: array) -> bool:
     """Whether an array holds UNREPORTED: searched for in its bytes, where `UNREPORTED in column` makes a number
-    object of each figure to compare it (60 ms a steady run over completions' buckets, which seldom hold one). Only a
-    match at a figure's start counts: the end of one figure and the start of the next may spell it too."""
+    object of each figure to compare it (some 50 ms a steady run over completions' buckets, which seldom hold one).
+    Only a match at a figure's start counts: the end of one figure and the start of the next may spell it too."""
     data, mark, size = column.tobytes(), _UNREPORTED_BYTES[column.typecode], column.itemsize
     at = data.find(mark)
     while at > 0 and at % size:
@@ -126,9 +126,9 @@ class Change:
         # The saved form of each bucket once the change is applied, when dumps() made it (see Ledger._fragments).
         self.fragments: dict[int, str] | None = None
         # The buckets the change writes to, as dumps() wrote them into copies, for apply() to take as they are rather
-        # than write every changed series again; with the ledger (its id and count of writes) they belong to.
+        # than write every changed series again; with the ledger they belong to and its count of writes then.
         self.columns: dict[int, array] | None = None
-        self.columns_of: tuple[int, int] | None = None
+        self.columns_of: tuple[Ledger, int] | None = None
         # bucket start -> the digest of the rows read, how many of them were malformed, how many rows (Ledger.digests).
         self.digests: dict[int, tuple[Any, int, int]] = {}
 
@@ -406,7 +406,8 @@ class Ledger:
     def apply(self, change: Change, prune: bool = True) -> None:
         """Take `change` in: call it only once the ledger with the change was saved."""
         self._in_memory()
-        columns = change.columns if change.columns_of == (id(self), self._writes) else {}
+        made_for = change.columns_of
+        columns = change.columns if made_for is not None and made_for[0] is self and made_for[1] == self._writes else {}
         change.columns = change.columns_of = None
         if change.new_keys:
             if change.first_new != len(self.keys):
@@ -519,7 +520,7 @@ class Ledger:
             ledger.apply(change)
             if ledger.keys is table:  # not renumbered (_reindex): the copy's buckets are numbered as this ledger's
                 change.columns = {s: ledger._columns[s] for s in change.cells if s in ledger._columns}
-                change.columns_of = (id(self), self._writes)
+                change.columns_of = (self, self._writes)
         else:
             ledger = self
         # Every key of the table is held by a bucket (apply() forgets the others), in the table's order: a
