@@ -124,7 +124,7 @@ class Change:
         # bucket start -> (series indices, their slots: `width` numbers each, UNREPORTED for None).
         self.cells: dict[int, tuple[array, array]] = {}
         # The saved form of each bucket once the change is applied, when dumps() made it (see Ledger._fragments).
-        self.fragments: dict[int, bytes] | None = None
+        self.fragments: dict[int, str] | None = None
         # The buckets the change writes to, as dumps() wrote them into copies, for apply() to take as they are rather
         # than write every changed series again; with the ledger they belong to and its count of writes then.
         self.columns: dict[int, array] | None = None
@@ -261,11 +261,12 @@ class Ledger:
         self._columns: dict[int, array] = {}
         # One string object per distinct dimension value: each row of a page brings its own copy.
         self._values: dict[str, str] = {}
-        # Per bucket, its part of the saved state (_saved): a run changes few buckets (mostly the one in progress), and
-        # the others' parts are only base64-encoded again. Kept as bytes: kept as their base64 text, a save would only
-        # join them (some 35 ms less a run at 20,000 series), for a third more memory held between runs (6 MB there).
+        # Per bucket, its member of the saved state's buckets (`"start":"<base64 of its saved array>"`): a run changes
+        # few buckets (mostly the one in progress), and a save then only joins the others' text (2 ms for costs' 17 MB
+        # at 20,000 series, against 35 ms encoding them again). Held as bytes instead, a third smaller, the process held
+        # some 9 MB less between runs there but peaked higher while saving (every part encoded anew beside them).
         # Dropped when the bucket is written to or the table renumbered.
-        self._fragments: dict[int, bytes] = {}
+        self._fragments: dict[int, str] = {}
         # Per bucket, a digest of the rows it was last compared with (of their text, sources/pages.py), how many of
         # them were malformed and how many rows: rows equal to those change nothing (comparing them again records
         # what the bucket holds already), so a run skips most of its window, which stopped changing. Not saved:
@@ -541,8 +542,8 @@ class Ledger:
         for start in sorted(ledger._columns):
             fragment = fragments.get(start)
             if fragment is None:
-                fragment = fragments[start] = _saved(ledger._columns[start])
-            parts.append(f'"{start}":"{base64.b64encode(fragment).decode("ascii")}"')
+                fragment = fragments[start] = _member(start, base64.b64encode(_saved(ledger._columns[start])).decode())
+            parts.append(fragment)
             parts.append(',')
         if parts[-1] == ',':
             parts.pop()
@@ -605,11 +606,11 @@ class Ledger:
         for start, text in buckets.items():
             if not start.isdigit():
                 raise ValueError('bad bucket')
-            column, fragment = _unsaved(start, text, self.stride, width, len(keys))
+            column = _unsaved(start, text, self.stride, width, len(keys))
             if int(start) >= self.horizon:  # older buckets left the window before the state was saved
                 self._columns[int(start)] = column
                 # The part read is the part this bucket saves (the table is the file's) until _reindex renumbers it.
-                self._fragments[int(start)] = fragment
+                self._fragments[int(start)] = _member(int(start), text)
         self._reindex()
         return self
 
@@ -672,9 +673,13 @@ def _saved(column: array) -> bytes:
     return column.typecode.encode('ascii') + _ZLIB + zlib.compress(column.tobytes(), 1)
 
 
-def _unsaved(start: str, text, stride: int, width: int, series: int) -> tuple[array, bytes]:
-    """A bucket's array read back from its saved part (format 5), and that part; ValueError if it is not one a
-    ledger of `series` keys and `stride` slots a series could have saved."""
+def _member(start: int, text: str) -> str:
+    return f'"{start}":"{text}"'
+
+
+def _unsaved(start: str, text, stride: int, width: int, series: int) -> array:
+    """A bucket's array read back from its saved part (format 5); ValueError if it is not one a ledger of `series`
+    keys and `stride` slots a series could have saved."""
     if not isinstance(text, str):
         raise ValueError('bad bucket')
     try:
@@ -700,7 +705,7 @@ def _unsaved(start: str, text, stride: int, width: int, series: int) -> tuple[ar
         column.byteswap()
     if not _valid_column(column, stride, width):
         raise ValueError(f'bucket {start[:20]}: bad value row')
-    return column, fragment
+    return column
 
 
 def _valid_column(column: array, stride: int, width: int) -> bool:
