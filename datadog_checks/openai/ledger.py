@@ -576,7 +576,7 @@ class Ledger:
             raise ValueError('no buckets')
         ledger = cls(shape, horizon, float(read_at))
         if version == FORMAT_VERSION:
-            return ledger._loaded(data.get('width'), keys, raw_buckets)
+            return ledger._loaded(data.get('width'), width, keys, raw_buckets)
         checked = []
         for start, columns in raw_buckets.items():
             if version == 4:
@@ -595,10 +595,10 @@ class Ledger:
         ledger._reindex()
         return ledger
 
-    def _loaded(self, width, keys: list[Key], buckets: dict) -> 'Ledger':
+    def _loaded(self, width, shape_width: int | None, keys: list[Key], buckets: dict) -> 'Ledger':
         """This new ledger holding a state of format 5: each bucket's array as saved, checked whole."""
         # Saved for a shape that does not parse (as wide as its widest row); for one that does, the shape's own.
-        if type(width) is not int or width < 0 or _dims_and_width(self.shape)[1] not in (None, width):
+        if type(width) is not int or width < 0 or shape_width not in (None, width):
             raise ValueError('bad width')
         self.width, self.stride = width, width or 1
         for key in keys:
@@ -646,13 +646,19 @@ def _inflated(start, text) -> list:
     if not isinstance(text, str):
         raise ValueError('bad bucket')
     try:
-        inflater = zlib.decompressobj()
-        plain = inflater.decompress(base64.b64decode(text, validate=True), MAX_BUCKET_BYTES)
-        if inflater.unconsumed_tail or not inflater.eof:
-            raise ValueError('cut short or too large')
-        return json.decode(plain)
+        return json.decode(_inflate(base64.b64decode(text, validate=True)))
     except (binascii.Error, zlib.error, ValueError) as e:
         raise ValueError(f'bucket {start[:20]}: unreadable compressed columns') from e
+
+
+def _inflate(data: bytes) -> bytes:
+    """zlib-compressed bytes decompressed, at most MAX_BUCKET_BYTES of them: zlib.error, or ValueError if they stop
+    short of the stream's end or would be longer."""
+    inflater = zlib.decompressobj()
+    plain = inflater.decompress(data, MAX_BUCKET_BYTES)
+    if inflater.unconsumed_tail or not inflater.eof:
+        raise ValueError('cut short or too large')
+    return plain
 
 
 # A bucket's saved part (format 5) starts with its array's type code, then how its bytes follow: zlib-compressed
@@ -691,12 +697,11 @@ def _unsaved(start: str, text, stride: int, width: int, series: int) -> array:
         raise ValueError(f'bucket {start[:20]}: unreadable array')
     if how == _ZLIB:
         try:
-            inflater = zlib.decompressobj()
-            data = inflater.decompress(data, MAX_BUCKET_BYTES)
+            data = _inflate(data)
         except zlib.error as e:
             raise ValueError(f'bucket {start[:20]}: unreadable array') from e
-        if inflater.unconsumed_tail or not inflater.eof:
-            raise ValueError(f'bucket {start[:20]}: unreadable array: cut short or too large')
+        except ValueError as e:
+            raise ValueError(f'bucket {start[:20]}: unreadable array: {e}') from e
     if len(data) % (_ITEM_SIZES[typecode] * stride) or len(data) // (_ITEM_SIZES[typecode] * stride) > series:
         raise ValueError(f'bucket {start[:20]}: bad array size')
     column = array(typecode)

@@ -76,7 +76,8 @@ class Known:
         except Unsplittable:
             # The same text cut the same way decodes the same parts; should it not, the array is decoded whole.
             sums = tally()
-            sums.add(self.decode(b'[' + self.text[self.start : self.start + self.digest[0]] + b']'))
+            with memoryview(self.text) as view:
+                sums.add(self.decode(b''.join((b'[', view[self.start : self.start + self.digest[0]], b']'))))
         return Read(sums, self.digest)
 
 
